@@ -1,0 +1,4 @@
+"""Multimodal Doubleloop
+"""
+
+__version__ = "0.1"

@@ -1,0 +1,128 @@
+"""Image-major batching: sample images, take all their texts.
+
+The vision tower then runs once per unique image in a batch, and each text's
+tokens cross-attend to its own image's tokens through `image_index`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class EncodedSplit:
+    """One split as tensors: what training and evaluation iterate over."""
+
+    image_rows: torch.Tensor  # (S,) row of each sample's image in the image store
+    input_ids: torch.Tensor  # (S, T) int64, padded with pad_id
+    attention_mask: torch.Tensor  # (S, T) int64
+    labels: torch.Tensor  # (S,) int64 answer index, -1 where unknown
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class ImageMajorBatches:
+    """Yields lists of sample indices, `images_per_batch` unique images at a time.
+
+    Order depends only on (seed, epoch), so a resumed run replays it exactly; with
+    `world_size > 1` each rank takes a disjoint, equally long share of the images.
+    """
+
+    def __init__(
+        self,
+        image_rows: torch.Tensor,
+        images_per_batch: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ):
+        if images_per_batch < 1:
+            raise ValueError(f"images_per_batch={images_per_batch} must be >= 1")
+        rows = image_rows.numpy()
+        order = np.argsort(rows, kind="stable")
+        unique, starts = np.unique(rows[order], return_index=True)
+        self.groups = np.split(order, starts[1:])  # sample indices per unique image
+        self.images_per_batch, self.shuffle, self.seed = images_per_batch, shuffle, seed
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's order; `start_batch` skips batches already trained on."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _image_order(self) -> np.ndarray:
+        n = len(self.groups)
+        if self.shuffle:
+            order = np.random.default_rng(self.seed + self.epoch).permutation(n)
+        else:
+            order = np.arange(n)
+        if self.world_size > 1:
+            per_rank = n // self.world_size  # equal shares keep ranks in lockstep
+            order = order[: per_rank * self.world_size][self.rank :: self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        n = len(self._image_order())
+        full, rest = divmod(n, self.images_per_batch)
+        return full + (0 if self.drop_last or not rest else 1)
+
+    def __iter__(self):
+        order = self._image_order()
+        for b in range(self.start_batch, len(self)):
+            chosen = order[b * self.images_per_batch : (b + 1) * self.images_per_batch]
+            yield np.concatenate([self.groups[i] for i in chosen])
+
+
+def collate(split: EncodedSplit, images, sample_idx: np.ndarray) -> dict[str, torch.Tensor]:
+    """Build a model batch: unique images once, texts trimmed to the longest in batch."""
+    idx = torch.as_tensor(sample_idx)
+    rows = split.image_rows[idx]
+    unique_rows, image_index = torch.unique(rows, return_inverse=True)
+    mask = split.attention_mask[idx]
+    length = max(int(mask.sum(1).max()), 1)
+    return {
+        "images": images.get(unique_rows),  # (M, 3, H, W)
+        "image_index": image_index,  # (B,)
+        "input_ids": split.input_ids[idx, :length],  # (B, T)
+        "attention_mask": mask[:, :length],  # (B, T)
+        "labels": split.labels[idx],  # (B,)
+    }
+
+
+class BatchDataset(torch.utils.data.Dataset):
+    """Map-style dataset whose items are whole batches (pass `batch_size=None`
+    and an `ImageMajorBatches` sampler to `DataLoader`), so workers decode images."""
+
+    def __init__(self, split: EncodedSplit, images):
+        self.split, self.images = split, images
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, sample_idx) -> dict[str, torch.Tensor]:
+        return collate(self.split, self.images, sample_idx)
+
+
+def image_rows(table, image_ids) -> torch.Tensor:
+    """Row of each sample's image in the image store ordered as `image_ids`."""
+    position = {image_id: i for i, image_id in enumerate(image_ids)}
+    return torch.as_tensor(table["image_id"].map(position).to_numpy(dtype=np.int64))
+
+
+def encoded_split(table, encoded: dict, image_ids, answer_vocab: list[str], split: str) -> EncodedSplit:
+    """Select one split of the table as tensors; answers outside the vocabulary get -1."""
+    mask = (table["split"] == split).to_numpy()
+    answer_index = {a: i for i, a in enumerate(answer_vocab)}
+    labels = table.loc[mask, "answer"].map(answer_index).fillna(-1).to_numpy(dtype=np.int64)
+    return EncodedSplit(
+        image_rows=image_rows(table.loc[mask], image_ids),
+        input_ids=torch.as_tensor(encoded["input_ids"][mask], dtype=torch.long),
+        attention_mask=torch.as_tensor(encoded["attention_mask"][mask], dtype=torch.long),
+        labels=torch.as_tensor(labels),
+    )

@@ -1,0 +1,1 @@
+"""Ingestion sources; each returns a table in the canonical schema (`data.schema`)."""

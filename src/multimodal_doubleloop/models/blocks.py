@@ -1,0 +1,141 @@
+"""Transformer building blocks shared by every tower: pre-norm attention and MLP.
+
+One `Block` serves the vision encoder, the text encoder, the fusion layers and the
+caption decoder; what differs is only whether it has a cross-attention sub-layer
+and whether its self-attention is causal.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class Attention(nn.Module):
+    """Multi-head attention on `F.scaled_dot_product_attention`.
+
+    Keys and values may come from `memory`; `memory_index` lets many queries share
+    one memory row (image-major batching: the K/V of an image are projected once
+    and gathered for each of its questions).
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, cross: bool = False):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads}")
+        self.heads, self.cross, self.dropout = heads, cross, dropout
+        if cross:
+            self.q = nn.Linear(dim, dim)
+            self.kv = nn.Linear(dim, 2 * dim)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        return x.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # (B, H, T, Dh)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, D)
+        mask: torch.Tensor | None = None,  # (B, 1|T, S) bool, True = attend
+        memory: torch.Tensor | None = None,  # (M, S, D)
+        memory_index: torch.Tensor | None = None,  # (B,) rows of memory per query row
+        causal: bool = False,
+    ) -> torch.Tensor:
+        if self.cross:
+            q = self.q(x)
+            k, v = self.kv(memory).chunk(2, dim=-1)  # (M, S, D) each
+            if memory_index is not None:
+                k, v = k[memory_index], v[memory_index]  # (B, S, D)
+        else:
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = self._split(q), self._split(k), self._split(v)
+        attn_mask = mask.unsqueeze(1) if mask is not None else None  # (B, 1, 1|T, S)
+        if causal and attn_mask is not None:
+            t, s = q.shape[-2], k.shape[-2]
+            attn_mask = attn_mask & torch.ones(t, s, dtype=torch.bool, device=q.device).tril()
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal and attn_mask is None,
+        )
+        b, h, t, dh = out.shape
+        return self.proj(out.transpose(1, 2).reshape(b, t, h * dh))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, mlp_ratio: float, dropout: float = 0.0):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(F.gelu(self.fc1(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm block: self-attention, optional cross-attention, MLP."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        cross: bool = False,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.cross = cross
+        if cross:
+            self.norm_cross = nn.LayerNorm(dim)
+            self.cross_attn = Attention(dim, heads, dropout, cross=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_ratio, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        memory_index: torch.Tensor | None = None,
+        causal: bool = False,
+    ) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), mask=mask, causal=causal))
+        if self.cross and memory is not None:
+            x = x + self.drop(
+                self.cross_attn(
+                    self.norm_cross(x), mask=memory_mask, memory=memory, memory_index=memory_index
+                )
+            )
+        return x + self.mlp(self.norm2(x))
+
+
+def run_blocks(
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    grad_checkpointing: bool,
+    **kwargs,
+) -> torch.Tensor:
+    """Apply `blocks` in order, recomputing each in backward when checkpointing."""
+    for block in blocks:
+        if grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, use_reentrant=False, **kwargs)
+        else:
+            x = block(x, **kwargs)
+    return x
+
+
+def key_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) 1/0 mask -> (B, 1, T) bool mask for `Attention`."""
+    return attention_mask.bool().unsqueeze(1)

@@ -1,0 +1,152 @@
+"""Fusion of image and text features: early (cross-attention) or late (pooled)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .blocks import Block, key_padding_mask, run_blocks
+
+FUSION_KINDS = ("early", "late")
+LATE_MODES = ("concat", "product", "gated")
+
+
+@dataclass
+class FusionConfig:
+    kind: str = "early"  # "early": text tokens cross-attend image tokens; "late": pooled only
+    dim: int = 128
+    depth: int = 2  # early fusion layers
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    late_mode: str = "product"  # how late fusion combines pooled features
+
+    def __post_init__(self):
+        if self.kind not in FUSION_KINDS:
+            raise ValueError(f"fusion.kind={self.kind!r}: use one of {FUSION_KINDS}")
+        if self.late_mode not in LATE_MODES:
+            raise ValueError(f"fusion.late_mode={self.late_mode!r}: use one of {LATE_MODES}")
+
+
+@dataclass
+class Features:
+    """What the heads read. Per-sample tensors have B rows, per-image ones M rows."""
+
+    pooled: torch.Tensor  # (B, D) fused, per sample
+    tokens: torch.Tensor  # (B, T, D) fused sequence, per sample
+    token_mask: torch.Tensor  # (B, T) bool, True = real
+    image_pooled: torch.Tensor | None = None  # (M, D)
+    image_tokens: torch.Tensor | None = None  # (M, N, D)
+    text_pooled: torch.Tensor | None = None  # (B, D)
+    image_index: torch.Tensor | None = None  # (B,) row of the image of each sample
+
+
+def _all_true(x: torch.Tensor) -> torch.Tensor:
+    return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+
+
+class EarlyFusion(nn.Module):
+    """Text tokens attend to their own image's patch tokens, several layers deep.
+
+    Modality-type embeddings mark which stream a token came from. With one modality
+    absent the layers run self-attention only on the one present.
+    """
+
+    def __init__(self, cfg: FusionConfig):
+        super().__init__()
+        self.modality_embed = nn.Embedding(2, cfg.dim)  # 0 = text, 1 = image
+        self.blocks = nn.ModuleList(
+            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout, cross=True)
+            for _ in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.grad_checkpointing = False
+
+    def forward(
+        self,
+        image: tuple[torch.Tensor, torch.Tensor] | None,
+        text: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        image_index: torch.Tensor | None,
+    ) -> Features:
+        if image is None and text is None:
+            raise ValueError("fusion needs at least one modality (images or input_ids)")
+        image_pooled = image_tokens = text_pooled = None
+        if image is not None:
+            image_pooled, image_tokens = image
+        if text is None:
+            # Image only: the patch tokens are the sequence, CLS the pooled feature.
+            x = torch.cat([image_pooled.unsqueeze(1), image_tokens], 1) + self.modality_embed.weight[1]
+            x = self.norm(run_blocks(self.blocks, x, self.grad_checkpointing))
+            return Features(x[:, 0], x, _all_true(x), image_pooled, image_tokens, None, image_index)
+        text_pooled, text_tokens, text_mask = text
+        x = text_tokens + self.modality_embed.weight[0]  # (B, T, D)
+        memory = None
+        if image_tokens is not None:
+            memory = torch.cat([image_pooled.unsqueeze(1), image_tokens], 1)  # (M, 1+N, D)
+            memory = memory + self.modality_embed.weight[1]
+        x = run_blocks(
+            self.blocks,
+            x,
+            self.grad_checkpointing,
+            mask=key_padding_mask(text_mask),
+            memory=memory,
+            memory_index=image_index,
+        )
+        x = self.norm(x)
+        return Features(
+            x[:, 0], x, text_mask.bool(), image_pooled, image_tokens, text_pooled, image_index
+        )
+
+
+class LateFusion(nn.Module):
+    """Encode separately, combine pooled features by concat, product or a gate."""
+
+    def __init__(self, cfg: FusionConfig):
+        super().__init__()
+        self.mode = cfg.late_mode
+        d = cfg.dim
+        self.image_proj, self.text_proj = nn.Linear(d, d), nn.Linear(d, d)
+        if self.mode == "concat":
+            self.combine = nn.Linear(2 * d, d)
+        elif self.mode == "gated":
+            self.gate = nn.Linear(2 * d, d)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, image, text, image_index) -> Features:
+        if image is None and text is None:
+            raise ValueError("fusion needs at least one modality (images or input_ids)")
+        image_pooled = image_tokens = text_pooled = None
+        if image is not None:
+            image_pooled, image_tokens = image
+        if text is not None:
+            text_pooled, text_tokens, text_mask = text
+        if text is None:
+            pooled = self.norm(self.image_proj(image_pooled))
+            return Features(pooled, image_tokens, _all_true(image_tokens), image_pooled, image_tokens)
+        if image is None:
+            pooled = self.norm(self.text_proj(text_pooled))
+            return Features(pooled, text_tokens, text_mask.bool(), text_pooled=text_pooled)
+        img = image_pooled if image_index is None else image_pooled[image_index]  # (B, D)
+        i, t = self.image_proj(img), self.text_proj(text_pooled)
+        if self.mode == "concat":
+            pooled = self.combine(torch.cat([i, t], -1))
+        elif self.mode == "product":
+            pooled = i * t
+        else:
+            g = torch.sigmoid(self.gate(torch.cat([i, t], -1)))
+            pooled = g * i + (1 - g) * t
+        return Features(
+            self.norm(pooled),
+            text_tokens,
+            text_mask.bool(),
+            image_pooled,
+            image_tokens,
+            text_pooled,
+            image_index,
+        )
+
+
+def build_fusion(cfg: FusionConfig) -> nn.Module:
+    return EarlyFusion(cfg) if cfg.kind == "early" else LateFusion(cfg)

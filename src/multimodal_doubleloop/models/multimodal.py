@@ -1,0 +1,149 @@
+"""The multimodal model: vision and text towers, fusion, task heads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import nn
+
+from .fusion import Features, FusionConfig, build_fusion
+from .heads import HeadConfig, build_head
+from .text import TextConfig, TextEncoder
+from .vision import VisionConfig, VisionTransformer, init_weights
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig | None = field(default_factory=VisionConfig)  # None = text only
+    text: TextConfig | None = field(default_factory=TextConfig)  # None = image only
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    heads: dict[str, HeadConfig] = field(default_factory=lambda: {"answer": HeadConfig()})
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.vision is None and self.text is None:
+            raise ValueError("model needs a vision or a text tower (both are None)")
+        dims = {"fusion": self.fusion.dim}
+        if self.vision is not None:
+            dims["vision"] = self.vision.dim
+        if self.text is not None:
+            dims["text"] = self.text.dim
+        if len(set(dims.values())) > 1:
+            raise ValueError(f"model dims must match across towers and fusion, got {dims}")
+        if not self.heads:
+            raise ValueError("model.heads is empty: configure at least one task head")
+
+    @classmethod
+    def from_dict(cls, params: dict) -> ModelConfig:
+        """Build from a parameters dict; unknown keys fail with their path."""
+        params = dict(params)
+        _check_keys("model", params, {f.name for f in fields(cls)})
+        vision = params.pop("vision", {})
+        text = params.pop("text", {})
+        kwargs = dict(
+            vision=None if vision is None else _make(VisionConfig, "model.vision", vision),
+            text=None if text is None else _make(TextConfig, "model.text", text),
+            fusion=_make(FusionConfig, "model.fusion", params.pop("fusion", {})),
+        )
+        if "heads" in params:
+            kwargs["heads"] = {
+                name: _make(HeadConfig, f"model.heads.{name}", h)
+                for name, h in params.pop("heads").items()
+            }
+        return cls(**kwargs, **params)
+
+
+def _check_keys(path: str, given: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {path}; allowed: {sorted(allowed)}")
+
+
+def _make(cls, path: str, values: dict):
+    _check_keys(path, values, {f.name for f in fields(cls)})
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+class MultimodalModel(nn.Module):
+    """Composes prebuilt parts: `MultimodalModel(vision, text, fusion, heads)`."""
+
+    def __init__(
+        self,
+        vision: VisionTransformer | None,
+        text: TextEncoder | None,
+        fusion: nn.Module,
+        heads: nn.ModuleDict,
+    ):
+        super().__init__()
+        self.vision, self.text, self.fusion, self.heads = vision, text, fusion, heads
+
+    def features(
+        self,
+        images: torch.Tensor | None = None,  # (M, C, H, W) unique images
+        input_ids: torch.Tensor | None = None,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T)
+        token_type_ids: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,  # (B,) image row of each text
+    ) -> Features:
+        image = text = None
+        if images is not None:
+            if self.vision is None:
+                raise ValueError("images given but the model has no vision tower")
+            image = self.vision(images)
+        if input_ids is not None:
+            if self.text is None:
+                raise ValueError("input_ids given but the model has no text tower")
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            pooled, tokens = self.text(input_ids, attention_mask, token_type_ids)
+            text = (pooled, tokens, attention_mask)
+        return self.fusion(image, text, image_index)
+
+    def forward(self, tasks: list[str] | None = None, **batch) -> dict[str, torch.Tensor]:
+        """Run the towers once and every requested head (all by default)."""
+        feats = self.features(**batch)
+        names = list(self.heads) if tasks is None else tasks
+        return {name: self.heads[name](feats) for name in names}
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        for part in (self.vision, self.text, self.fusion):
+            if part is not None and hasattr(part, "grad_checkpointing"):
+                part.grad_checkpointing = enabled
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named groups (vision, text, fusion, heads) for per-group optimiser settings."""
+        groups = {
+            "vision": self.vision,
+            "text": self.text,
+            "fusion": self.fusion,
+            "heads": self.heads,
+        }
+        return {
+            name: [p for p in part.parameters() if p.requires_grad]
+            for name, part in groups.items()
+            if part is not None and any(p.requires_grad for p in part.parameters())
+        }
+
+    def freeze(self, *components: str, frozen: bool = True) -> None:
+        """Freeze (or unfreeze with frozen=False) components by name."""
+        for name in components:
+            part = getattr(self, name, None)
+            if not isinstance(part, nn.Module):
+                raise ValueError(
+                    f"unknown component {name!r}; use vision, text, fusion or heads"
+                )
+            part.requires_grad_(not frozen)
+
+
+def build_model(cfg: ModelConfig) -> MultimodalModel:
+    vision = VisionTransformer(cfg.vision) if cfg.vision is not None else None
+    text = TextEncoder(cfg.text) if cfg.text is not None else None
+    heads = nn.ModuleDict({name: build_head(cfg.fusion.dim, h) for name, h in cfg.heads.items()})
+    model = MultimodalModel(vision, text, build_fusion(cfg.fusion), heads)
+    model.apply(init_weights)
+    model.set_grad_checkpointing(cfg.gradient_checkpointing)
+    return model

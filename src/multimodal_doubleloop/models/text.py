@@ -1,0 +1,72 @@
+"""BERT-style text encoder: token + position + segment embeddings, masked attention."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .blocks import Block, key_padding_mask, run_blocks
+
+
+@dataclass
+class TextConfig:
+    vocab_size: int = 1000  # overwritten by the trained tokenizer's size
+    max_length: int = 32
+    dim: int = 128
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    type_vocab_size: int = 2  # BERT segments A/B
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if self.vocab_size < 2:
+            raise ValueError(f"text.vocab_size={self.vocab_size} must be >= 2")
+        if self.max_length < 1:
+            raise ValueError(f"text.max_length={self.max_length} must be >= 1")
+
+
+class TextEncoder(nn.Module):
+    """Token ids (B, T) + attention mask (B, T) -> pooled (B, D), tokens (B, T, D).
+
+    Pooled is the first ([CLS]) token. Padded positions never influence real tokens:
+    they are masked out as keys in every attention layer.
+    """
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.token_embed = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_id)
+        self.pos_embed = nn.Embedding(cfg.max_length, cfg.dim)
+        self.type_embed = nn.Embedding(cfg.type_vocab_size, cfg.dim)
+        self.embed_norm = nn.LayerNorm(cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.grad_checkpointing = False
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T)
+        attention_mask: torch.Tensor,  # (B, T), 1 = real token
+        token_type_ids: torch.Tensor | None = None,  # (B, T)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        t = input_ids.shape[1]
+        if t > self.cfg.max_length:
+            raise ValueError(
+                f"sequence length {t} exceeds text.max_length={self.cfg.max_length}; "
+                "truncate in tokenization or raise max_length"
+            )
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        positions = torch.arange(t, device=input_ids.device)
+        x = self.token_embed(input_ids) + self.pos_embed(positions) + self.type_embed(token_type_ids)
+        x = self.drop(self.embed_norm(x))  # (B, T, D)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing, mask=key_padding_mask(attention_mask))
+        x = self.norm(x)
+        return x[:, 0], x

@@ -1,0 +1,121 @@
+"""ViT vision encoder with an optional convolutional stem."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .blocks import Block, run_blocks
+
+
+@dataclass
+class VisionConfig:
+    image_size: int = 64
+    patch_size: int = 16  # in input pixels; the stem's total stride must divide it
+    in_channels: int = 3
+    dim: int = 128
+    depth: int = 3
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    # Channels of stride-2 3x3 convs before patchify (Xiao et al. 2021: a conv stem
+    # makes small ViTs train faster and more stably). Empty = plain patch embedding.
+    stem_channels: list[int] = field(default_factory=lambda: [32, 64])
+    position_embedding: str = "learned"  # "learned" | "sincos" (fixed 2-D)
+
+    def __post_init__(self):
+        stride = 2 ** len(self.stem_channels)
+        if self.patch_size % stride:
+            raise ValueError(
+                f"vision.patch_size={self.patch_size} must be a multiple of the conv stem "
+                f"stride {stride} (2 ** len(stem_channels={self.stem_channels}))"
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"vision.image_size={self.image_size} must be a multiple of "
+                f"vision.patch_size={self.patch_size}"
+            )
+        if self.position_embedding not in ("learned", "sincos"):
+            raise ValueError(
+                f"vision.position_embedding={self.position_embedding!r}: use 'learned' or 'sincos'"
+            )
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding, (grid*grid, dim)."""
+    if dim % 4:
+        raise ValueError(f"sincos position embedding needs dim divisible by 4, got {dim}")
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4) / (dim // 4 - 1 or 1))
+    out = []
+    for pos in (ys.flatten(), xs.flatten()):
+        angles = pos[:, None].float() * omega[None]
+        out += [angles.sin(), angles.cos()]
+    return torch.cat(out, dim=1)
+
+
+class VisionTransformer(nn.Module):
+    """Images (B, C, H, W) in [0, 1] -> pooled CLS (B, D) and patch tokens (B, N, D)."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.cfg = cfg
+        layers: list[nn.Module] = []
+        channels = cfg.in_channels
+        for out in cfg.stem_channels:
+            layers += [
+                nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.GELU(),
+            ]
+            channels = out
+        self.stem = nn.Sequential(*layers)
+        kernel = cfg.patch_size // 2 ** len(cfg.stem_channels)
+        self.patch_embed = nn.Conv2d(channels, cfg.dim, kernel, stride=kernel)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        num_patches = cfg.grid**2
+        if cfg.position_embedding == "learned":
+            self.pos_embed = nn.Parameter(torch.randn(1, num_patches + 1, cfg.dim) * 0.02)
+        else:
+            fixed = torch.cat([torch.zeros(1, cfg.dim), sincos_2d(cfg.grid, cfg.dim)])
+            self.register_buffer("pos_embed", fixed.unsqueeze(0), persistent=False)
+        self.blocks = nn.ModuleList(
+            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.grad_checkpointing = False
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if images.shape[-1] != self.cfg.image_size or images.shape[-2] != self.cfg.image_size:
+            raise ValueError(
+                f"expected {self.cfg.image_size}x{self.cfg.image_size} images, got "
+                f"{tuple(images.shape[-2:])}; resize in the data transforms"
+            )
+        x = self.patch_embed(self.stem(images))  # (B, D, g, g)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
+        x = run_blocks(self.blocks, x + self.pos_embed, self.grad_checkpointing)
+        x = self.norm(x)
+        return x[:, 0], x[:, 1:]
+
+
+def init_weights(module: nn.Module) -> None:
+    """Truncated-normal linear/embedding init as in ViT/BERT."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+    elif isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+

@@ -1,0 +1,16 @@
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import evaluate_model
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                evaluate_model,
+                ["trained_model", "samples", "images", "encoded_texts", "answer_vocab", "params:training"],
+                ["metrics", "mlflow_metrics", "confusion_matrix"],
+                name="evaluate_model",
+            )
+        ]
+    )

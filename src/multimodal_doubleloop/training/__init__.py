@@ -1,0 +1,1 @@
+"""Training: the inner loop, schedules, precision, checkpoints. Plain PyTorch, no Kedro."""

@@ -1,0 +1,72 @@
+"""Training configuration: one dataclass, checked once at the boundary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .precision import PRECISIONS
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 6
+    images_per_batch: int = 16  # image-major: all texts of these images form a batch
+    grad_accum_steps: int = 1
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.01  # cosine ends at lr * min_lr_ratio
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto = fp32 on CPU, bf16 (fp16 + GradScaler if no bf16) on CUDA
+    num_workers: int = 0  # DataLoader workers; 0 = build batches in-process (in-memory images)
+    checkpoint_dir: str = "data/06_models/checkpoints"
+    checkpoint_every: int = 200  # optimiser steps between resume checkpoints; 0 = never
+    keep_last: int = 2
+    resume: bool = True  # continue from the newest checkpoint in checkpoint_dir
+    max_steps: int = 0  # stop after this many optimiser steps (0 = run all epochs)
+    log_every: int = 50
+    progress_bar: bool = True
+    group_lr: dict[str, float] = field(default_factory=dict)  # e.g. {"heads": 2.0}
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        checks = {
+            "epochs": self.epochs >= 1,
+            "images_per_batch": self.images_per_batch >= 1,
+            "grad_accum_steps": self.grad_accum_steps >= 1,
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "warmup_steps": self.warmup_steps >= 0,
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "grad_clip": self.grad_clip >= 0,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "num_workers": self.num_workers >= 0,
+            "checkpoint_every": self.checkpoint_every >= 0,
+            "keep_last": self.keep_last >= 1,
+            "max_steps": self.max_steps >= 0,
+            "max_bad_steps": self.max_bad_steps >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(
+                "training: out-of-range value(s) " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+            )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"training.precision={self.precision!r}: use one of {PRECISIONS}")
+
+    @classmethod
+    def from_dict(cls, params: dict) -> TrainConfig:
+        unknown = sorted(set(params) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) {unknown} in training; allowed: {sorted(f.name for f in fields(cls))}"
+            )
+        return cls(**params)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

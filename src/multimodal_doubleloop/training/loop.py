@@ -1,0 +1,344 @@
+"""The inner loop: AdamW, warm-up + cosine, accumulation, clipping, AMP, resume.
+
+Functions, not a framework: `train` drives `train_one_epoch`; `evaluate` scores a
+split. An optional `adapter` (the double-loop controller, or hypergradient
+descent) sets per-group learning-rate scales between optimiser steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.batching import BatchDataset, EncodedSplit, ImageMajorBatches, collate
+from ..models.losses import classification_loss, total
+from .checkpoint import CheckpointError, load_latest, save_checkpoint
+from .config import TrainConfig
+from .precision import resolve_device, resolve_precision
+from .schedule import lr_at
+
+logger = logging.getLogger(__name__)
+
+# Keys that may differ between a checkpoint and the run resuming it.
+RESUMABLE_DIFFERENCES = {
+    "training.epochs",
+    "training.max_steps",
+    "training.progress_bar",
+    "training.log_every",
+    "training.checkpoint_every",
+    "training.keep_last",
+    "training.num_workers",
+    "training.resume",
+    "training.checkpoint_dir",
+    "training.device",
+}
+
+
+class Adapter(Protocol):
+    """What the loop needs from a learning-rate adapter (e.g. the controller)."""
+
+    def scales(self) -> dict[str, float]: ...  # per-group LR multipliers
+
+    def observe(self, step: int, stats: dict[str, float], optimizer) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimiser steps taken
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches consumed in the current epoch
+    bad_steps: int = 0  # consecutive non-finite steps
+    skipped_steps: int = 0  # total non-finite steps skipped
+    history: list[dict] = field(default_factory=list)  # one row per epoch
+    step_log: list[dict] = field(default_factory=list)  # one row per log_every steps
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive non-finite losses or gradients."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with one group per (component, decay) pair; norms, biases and
+    embeddings-like 1-D parameters get no weight decay."""
+    groups = []
+    for name, params in model.parameter_groups().items():
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        for plist, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
+            if plist:
+                groups.append({"params": plist, "weight_decay": wd, "name": name, "base_wd": wd})
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda"
+    )
+
+
+def set_learning_rates(optimizer, cfg: TrainConfig, step: int, total_steps: int, scales: dict) -> float:
+    base = cfg.lr * lr_at(step, total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
+    for group in optimizer.param_groups:
+        name = group["name"]
+        group["lr"] = base * cfg.group_lr.get(name, 1.0) * scales.get(name, 1.0)
+    return base
+
+
+def _rng_state() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    keys = set(saved) | set(current)
+    diffs = []
+    for key in sorted(keys):
+        path = f"{prefix}{key}"
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _config_diff(a, b, path + ".")
+        elif a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b or [])):
+            diffs.append(path)
+    return diffs
+
+
+def batches(split: EncodedSplit, images, sampler: ImageMajorBatches, num_workers: int):
+    if num_workers == 0:
+        return (collate(split, images, idx) for idx in sampler)
+    return iter(
+        torch.utils.data.DataLoader(
+            BatchDataset(split, images),
+            sampler=sampler,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+    )
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    split: EncodedSplit,
+    images,
+    cfg: TrainConfig,
+    head: str = "answer",
+) -> dict:
+    """Loss, accuracy and per-sample predictions/probabilities over a split."""
+    device = next(model.parameters()).device
+    dtype = resolve_precision(cfg.precision, device)
+    sampler = ImageMajorBatches(split.image_rows, cfg.images_per_batch * 4, shuffle=False)
+    was_training = model.training
+    model.eval()
+    order, probs, loss_sum = [], [], 0.0
+    for idx in sampler:
+        batch = _to(collate(split, images, idx), device)
+        labels = batch.pop("labels")
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = model(tasks=[head], **batch)[head].float()
+        loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum", ignore_index=-1))
+        order.append(torch.as_tensor(idx))
+        probs.append(logits.softmax(-1).cpu())
+    model.train(was_training)
+    order_t = torch.cat(order)
+    probabilities = torch.empty(len(split), probs[0].shape[1])
+    probabilities[order_t] = torch.cat(probs)
+    predictions = probabilities.argmax(1)
+    known = split.labels >= 0
+    n = int(known.sum())
+    return {
+        "loss": loss_sum / max(n, 1),
+        "accuracy": float((predictions[known] == split.labels[known]).float().mean()) if n else float("nan"),
+        "predictions": predictions.numpy(),
+        "probabilities": probabilities.numpy(),
+    }
+
+
+def train(
+    model: nn.Module,
+    train_split: EncodedSplit,
+    val_split: EncodedSplit | None,
+    images,
+    cfg: TrainConfig,
+    run_config: dict,
+    adapter: Adapter | None = None,
+    head: str = "answer",
+) -> TrainState:
+    """Train `model` in place and return the final `TrainState` (with history).
+
+    Resumes from the newest checkpoint in `cfg.checkpoint_dir` when `cfg.resume`;
+    `run_config` (all parameters of the run) is stored with each checkpoint and a
+    checkpoint made with a different one is refused, naming the differing keys.
+    """
+    device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
+    seed_everything(cfg.seed)
+    model.to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    sampler = ImageMajorBatches(train_split.image_rows, cfg.images_per_batch, shuffle=True, seed=cfg.seed)
+    steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum_steps)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    state = TrainState()
+
+    if cfg.resume:
+        found = load_latest(cfg.checkpoint_dir)
+        if found is not None:
+            payload, meta = found
+            diffs = [d for d in _config_diff(meta["config"], run_config) if d not in RESUMABLE_DIFFERENCES]
+            if diffs:
+                raise CheckpointError(
+                    f"checkpoint step {meta['step']} in {cfg.checkpoint_dir} was made with a "
+                    f"different configuration (differing keys: {diffs}); delete the directory "
+                    "or set training.resume: false to start over"
+                )
+            model.load_state_dict(payload["model"])
+            optimizer.load_state_dict(payload["optimizer"])
+            scaler.load_state_dict(payload["scaler"])
+            if adapter is not None and payload.get("adapter") is not None:
+                adapter.load_state_dict(payload["adapter"])
+            state = TrainState(**{**meta["state"]})
+            _restore_rng(payload["rng"])
+            logger.info("Resumed from checkpoint at step %d (epoch %d)", state.step, state.epoch)
+
+    def checkpoint() -> None:
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "adapter": adapter.state_dict() if adapter is not None else None,
+            "rng": _rng_state(),
+        }
+        meta = {"config": run_config, "state": asdict(state)}
+        save_checkpoint(cfg.checkpoint_dir, state.step, payload, meta, cfg.keep_last)
+
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        disable=not cfg.progress_bar,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
+    model.train()
+    while state.epoch < cfg.epochs and state.step < total_steps:
+        sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+        epoch_start, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        micro = 0
+        optimizer.zero_grad(set_to_none=True)
+        for batch in batches(train_split, images, sampler, cfg.num_workers):
+            batch = _to(batch, device)
+            labels = batch.pop("labels")
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                logits = model(tasks=[head], **batch)[head]
+                terms = classification_loss(logits.float(), labels, cfg.label_smoothing)
+                loss = total(terms)
+            scaler.scale(loss / cfg.grad_accum_steps).backward()
+            micro += 1
+            state.batch_in_epoch += 1
+            n = len(labels)
+            seen += n
+            loss_value = float(loss.detach())
+            loss_sum += loss_value * n
+            correct += int((logits.detach().argmax(-1) == labels).sum())
+            last_of_epoch = state.batch_in_epoch == len(sampler)
+            if micro < cfg.grad_accum_steps and not last_of_epoch:
+                continue
+            micro = 0
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            )
+            finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
+            scales = adapter.scales() if adapter is not None else {}
+            base_lr = set_learning_rates(optimizer, cfg, state.step, total_steps, scales)
+            if finite:
+                scaler.step(optimizer)
+                state.bad_steps = 0
+            else:
+                state.bad_steps += 1
+                state.skipped_steps += 1
+                logger.warning(
+                    "non-finite loss/gradient at step %d: step skipped (%d in a row)",
+                    state.step,
+                    state.bad_steps,
+                )
+                if state.bad_steps >= cfg.max_bad_steps:
+                    raise NonFiniteLossError(
+                        f"{state.bad_steps} consecutive non-finite steps ending at step {state.step}; "
+                        f"last good checkpoint is in {cfg.checkpoint_dir}. Lower training.lr or "
+                        "check the input data"
+                    )
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            if adapter is not None:
+                adapter.observe(
+                    state.step,
+                    {"loss": loss_value, "accuracy": correct / max(seen, 1), "finite": finite},
+                    optimizer,
+                )
+            elapsed = time.perf_counter() - epoch_start
+            bar.set_postfix(loss=f"{loss_value:.4f}", qps=f"{seen / max(elapsed, 1e-9):.0f}")
+            bar.update(1)
+            if state.step % cfg.log_every == 0:
+                state.step_log.append({"step": state.step, "loss": loss_value, "lr": base_lr})
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                checkpoint()
+            if state.step >= total_steps:
+                break
+        row = {
+            "epoch": state.epoch,
+            "step": state.step,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "seconds": time.perf_counter() - epoch_start,
+            "questions_per_s": seen / max(time.perf_counter() - epoch_start, 1e-9),
+        }
+        if val_split is not None and len(val_split):
+            val = evaluate(model, val_split, images, cfg, head)
+            row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+        state.history.append(row)
+        logger.info("epoch %d: %s", state.epoch, {k: round(v, 4) for k, v in row.items()})
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        if cfg.checkpoint_every:
+            checkpoint()
+    bar.close()
+    return state
