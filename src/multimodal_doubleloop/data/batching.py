@@ -112,7 +112,7 @@ class BatchDataset(torch.utils.data.Dataset):
 def image_rows(table, image_ids) -> torch.Tensor:
     """Row of each sample's image in the image store ordered as `image_ids`."""
     position = {image_id: i for i, image_id in enumerate(image_ids)}
-    return torch.as_tensor(table["image_id"].map(position).to_numpy(dtype=np.int64))
+    return torch.from_numpy(table["image_id"].map(position).to_numpy(dtype=np.int64, copy=True))
 
 
 def encoded_split(table, encoded: dict, image_ids, answer_vocab: list[str], split: str) -> EncodedSplit:

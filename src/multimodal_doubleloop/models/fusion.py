@@ -9,13 +9,16 @@ from torch import nn
 
 from .blocks import Block, key_padding_mask, run_blocks
 
-FUSION_KINDS = ("early", "late")
+FUSION_KINDS = ("early", "late", "hybrid")
 LATE_MODES = ("concat", "product", "gated")
 
 
 @dataclass
 class FusionConfig:
-    kind: str = "early"  # "early": text tokens cross-attend image tokens; "late": pooled only
+    # "early": text tokens cross-attend image tokens; "late": pooled features only;
+    # "hybrid": early fusion tokens, pooled = early CLS + late fusion of the towers'
+    # pooled features (the multiplicative path makes "is there a red shape?" easy to learn).
+    kind: str = "early"
     dim: int = 128
     depth: int = 2  # early fusion layers
     heads: int = 4
@@ -148,5 +151,28 @@ class LateFusion(nn.Module):
         )
 
 
+class HybridFusion(nn.Module):
+    """Early fusion for the token stream; its pooled feature plus a late fusion of
+    the towers' pooled features for the heads."""
+
+    def __init__(self, cfg: FusionConfig):
+        super().__init__()
+        self.early, self.late = EarlyFusion(cfg), LateFusion(cfg)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return self.early.grad_checkpointing
+
+    @grad_checkpointing.setter
+    def grad_checkpointing(self, enabled: bool) -> None:
+        self.early.grad_checkpointing = enabled
+
+    def forward(self, image, text, image_index) -> Features:
+        features = self.early(image, text, image_index)
+        if image is not None and text is not None:
+            features.pooled = features.pooled + self.late(image, text, image_index).pooled
+        return features
+
+
 def build_fusion(cfg: FusionConfig) -> nn.Module:
-    return EarlyFusion(cfg) if cfg.kind == "early" else LateFusion(cfg)
+    return {"early": EarlyFusion, "late": LateFusion, "hybrid": HybridFusion}[cfg.kind](cfg)

@@ -1,0 +1,109 @@
+"""Shared fixtures: a small real slice of easy-VQA and tiny parameters."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+torch.set_num_threads(2)
+
+TINY_MODEL = {
+    "preset": "tiny",
+    "presets": {
+        "tiny": {
+            "vision": {"image_size": 64, "patch_size": 16, "stem_channels": [8, 16], "dim": 32, "depth": 1, "heads": 2},
+            "text": {"dim": 32, "depth": 1, "heads": 2},
+            "fusion": {"kind": "hybrid", "dim": 32, "depth": 1, "heads": 2},
+            "heads": {"answer": {"type": "classification", "hidden": 32}},
+        }
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def ingestion_params() -> dict:
+    return {
+        "source": "easy_vqa",
+        "val_fraction": 0.1,
+        "seed": 0,
+        "image_size": 64,
+        "in_memory_images": True,
+        "max_images_per_split": 20,
+    }
+
+
+@pytest.fixture(scope="session")
+def tokenization_params() -> dict:
+    return {"vocab_size": 200, "min_frequency": 1, "max_length": 16}
+
+
+@pytest.fixture
+def training_params(tmp_path) -> dict:
+    return {
+        "epochs": 2,
+        "images_per_batch": 4,
+        "lr": 3e-3,
+        "warmup_steps": 2,
+        "checkpoint_dir": str(tmp_path / "checkpoints"),
+        "checkpoint_every": 3,
+        "progress_bar": False,
+        "log_every": 1,
+    }
+
+
+@pytest.fixture
+def model_params() -> dict:
+    import copy
+
+    return copy.deepcopy(TINY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def samples(ingestion_params):
+    from multimodal_doubleloop.pipelines.ingestion.nodes import ingest_samples
+
+    return ingest_samples(ingestion_params)
+
+
+@pytest.fixture(scope="session")
+def images(samples, ingestion_params):
+    from multimodal_doubleloop.pipelines.ingestion.nodes import decode_images
+
+    return decode_images(samples, ingestion_params)
+
+
+@pytest.fixture(scope="session")
+def tokenized(samples, tokenization_params):
+    from multimodal_doubleloop.pipelines.tokenization.nodes import (
+        build_answer_vocab,
+        encode_texts,
+        fit_tokenizer,
+    )
+
+    tokenizer = fit_tokenizer(samples, tokenization_params)
+    return {
+        "tokenizer": tokenizer,
+        "encoded_texts": encode_texts(samples, tokenizer, tokenization_params),
+        "answer_vocab": build_answer_vocab(samples),
+    }
+
+
+def run_pipeline(pipeline, inputs: dict):
+    """Run `pipeline` with SequentialRunner on an in-memory catalog; return the catalog
+    holding every dataset, intermediate outputs included (the runner would release them)."""
+    from kedro.io import DataCatalog, MemoryDataset
+    from kedro.runner import SequentialRunner
+
+    class KeptDataset(MemoryDataset):
+        def _release(self) -> None:
+            pass
+
+    catalog = DataCatalog({k: KeptDataset(v, copy_mode="assign") for k, v in inputs.items()})
+    for name in pipeline.datasets() - set(inputs):
+        catalog[name] = KeptDataset(copy_mode="assign")
+    SequentialRunner().run(pipeline, catalog)
+    return catalog

@@ -1,0 +1,84 @@
+"""Fusion (early, late, hybrid) through the full model: modalities, gather, padding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from multimodal_doubleloop.models import FusionConfig
+from multimodal_doubleloop.models.fusion import EarlyFusion
+
+from .tiny import DIM, tiny_batch, tiny_model
+
+KINDS = ["early", "late", "hybrid"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("present", ["both", "image", "text"])
+def test_forward_backward_with_modalities(kind, present):
+    model = tiny_model(kind)
+    batch = tiny_batch()
+    if present == "image":
+        batch = {"images": batch["images"]}
+    elif present == "text":
+        batch = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    rows = 3 if present == "image" else 5
+    feats = model.features(**batch)
+    assert feats.pooled.shape == (rows, DIM)
+    assert feats.tokens.shape[0] == rows and feats.tokens.shape[-1] == DIM
+    assert feats.token_mask.shape == feats.tokens.shape[:2]
+    assert (feats.image_pooled is None) == (present == "text")
+    assert (feats.text_pooled is None) == (present == "image")
+    logits = model(**batch)["answer"]
+    assert logits.shape == (rows, 5) and torch.isfinite(logits).all()
+    logits.logsumexp(-1).mean().backward()
+    grads = [p.grad for p in model.heads.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_image_major_gather_equals_repeated_images(kind):
+    """Images encoded once and gathered by image_index give the same outputs and
+    gradients as each question carrying its own copy of its image."""
+    batch = tiny_batch(images=3, texts=7)
+    repeated = dict(batch, images=batch["images"][batch["image_index"]])
+    del repeated["image_index"]
+    outs, grads = [], []
+    for b in (batch, repeated):
+        model = tiny_model(kind)
+        model.eval()  # BatchNorm in the stem would otherwise see different batches
+        feats = model.features(**b)
+        logits = model.heads["answer"](feats)
+        (logits.square().mean() + feats.tokens.mean()).backward()
+        outs.append((feats.pooled.detach(), feats.tokens.detach(), logits.detach()))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    for a, b in zip(outs[0], outs[1], strict=True):
+        torch.testing.assert_close(a, b)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_text_padding_invariance_through_fusion(kind):
+    model = tiny_model(kind).eval()
+    batch = tiny_batch()
+    feats = model.features(**batch)
+    pad = 4
+    padded = dict(batch)
+    padded["input_ids"] = torch.cat([batch["input_ids"], torch.zeros(5, pad, dtype=torch.long)], 1)
+    padded["attention_mask"] = torch.cat([batch["attention_mask"], torch.zeros(5, pad).long()], 1)
+    padded_feats = model.features(**padded)
+    torch.testing.assert_close(padded_feats.pooled, feats.pooled)
+    for row, length in enumerate(batch["attention_mask"].sum(1).tolist()):
+        torch.testing.assert_close(padded_feats.tokens[row, :length], feats.tokens[row, :length])
+
+
+def test_fusion_needs_a_modality():
+    with pytest.raises(ValueError, match="at least one modality"):
+        EarlyFusion(FusionConfig(dim=DIM, heads=2))(None, None, None)
+
+
+def test_fusion_config_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="fusion.kind"):
+        FusionConfig(kind="middle")

@@ -1,0 +1,56 @@
+import pandas as pd
+import pytest
+from conftest import run_pipeline
+
+from multimodal_doubleloop.data.schema import CANONICAL_COLUMNS, SchemaError, validate_table
+from multimodal_doubleloop.pipelines.ingestion import create_pipeline
+from multimodal_doubleloop.pipelines.ingestion.nodes import ingest_samples
+
+
+def test_easy_vqa_table_has_canonical_schema(samples):
+    assert list(samples.columns[: len(CANONICAL_COLUMNS)]) == list(CANONICAL_COLUMNS)
+    assert set(samples["split"]) == {"train", "val", "test"}
+    assert set(samples["question_type"]) == {"yes/no", "color", "shape"}
+    # validation images are whole training images, never shared with train
+    train_images = set(samples.loc[samples.split == "train", "image_id"])
+    val_images = set(samples.loc[samples.split == "val", "image_id"])
+    assert val_images and not train_images & val_images
+
+
+def test_full_easy_vqa_counts():
+    table = ingest_samples(
+        {"source": "easy_vqa", "val_fraction": 0.0, "seed": 0, "image_size": 64, "in_memory_images": True}
+    )
+    counts = table.groupby("split").agg(questions=("sample_id", "size"), images=("image_id", "nunique"))
+    assert counts.loc["train"].tolist() == [38575, 4000]
+    assert counts.loc["test"].tolist() == [9673, 1000]
+    assert table["answer"].nunique() == 13
+
+
+def test_images_decoded_in_table_order(samples, images):
+    assert images["image_ids"] == list(samples.drop_duplicates("image_id")["image_id"])
+    assert images["pixels"].shape == (len(images["image_ids"]), 64, 64, 3)
+    assert images["pixels"].dtype.name == "uint8"
+
+
+def test_unknown_source_is_a_clear_error(ingestion_params):
+    with pytest.raises(ValueError, match="ingestion.source='nope'"):
+        ingest_samples({**ingestion_params, "source": "nope"})
+
+
+def test_validate_table_names_the_problem(samples):
+    with pytest.raises(SchemaError, match="lacks column"):
+        validate_table(samples.drop(columns=["text"]))
+    bad = samples.copy()
+    bad.loc[0, "split"] = "dev"
+    with pytest.raises(SchemaError, match="unknown split"):
+        validate_table(bad)
+    dup = pd.concat([samples.iloc[:2], samples.iloc[:1]])
+    with pytest.raises(SchemaError, match="duplicated sample_id"):
+        validate_table(dup)
+
+
+def test_ingestion_pipeline_on_memory_catalog(ingestion_params):
+    catalog = run_pipeline(create_pipeline(), {"params:ingestion": ingestion_params})
+    samples, images = catalog.load("samples"), catalog.load("images")
+    assert len(samples) > 0 and len(images["image_ids"]) == samples["image_id"].nunique()

@@ -1,0 +1,38 @@
+from conftest import run_pipeline
+from tokenizers import Tokenizer
+
+from multimodal_doubleloop.data.tokenizer import PAD_ID, encode, train_tokenizer
+from multimodal_doubleloop.pipelines.tokenization import create_pipeline
+
+
+def test_tokenizer_round_trip():
+    texts = ["what color is the shape?", "is there a red circle in the image?", "what shape is present?"]
+    tok = train_tokenizer(texts, vocab_size=100)
+    reloaded = Tokenizer.from_str(tok.to_str())
+    for text in texts:
+        ids = reloaded.encode(text).ids
+        assert ids[0] == reloaded.token_to_id("[CLS]") and ids[-1] == reloaded.token_to_id("[SEP]")
+        assert reloaded.decode(ids) == text
+
+
+def test_encode_pads_truncates_and_masks():
+    tok = train_tokenizer(["a b c d e f g"], vocab_size=60)
+    ids, mask = encode(tok, ["a b", "a b c d e f g"], max_length=5)
+    assert ids.shape == (2, 5) and mask.tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+    assert ids[0, -1] == PAD_ID
+    # encoding does not change the tokenizer passed in (padding is applied to a copy)
+    assert tok.padding is None and tok.truncation is None
+
+
+def test_tokenizer_trained_on_train_split_only(samples, tokenized):
+    vocab = Tokenizer.from_str(tokenized["tokenizer"]).get_vocab()
+    assert "[PAD]" in vocab and vocab["[PAD]"] == PAD_ID
+    assert tokenized["answer_vocab"] == sorted(samples.loc[samples.split == "train", "answer"].unique())
+
+
+def test_tokenization_pipeline_on_memory_catalog(samples, tokenization_params):
+    catalog = run_pipeline(create_pipeline(), {"samples": samples, "params:tokenization": tokenization_params})
+    encoded = catalog.load("encoded_texts")
+    assert encoded["input_ids"].shape == (len(samples), tokenization_params["max_length"])
+    assert (encoded["sample_id"] == samples["sample_id"].to_numpy()).all()
+    assert encoded["attention_mask"][:, 0].all()

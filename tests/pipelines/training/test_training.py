@@ -1,0 +1,48 @@
+import pytest
+import torch
+from conftest import run_pipeline
+
+from multimodal_doubleloop.pipelines.training import create_pipeline
+from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config, train_model
+
+
+def _inputs(samples, images, tokenized, model_params, training_params):
+    return {
+        "samples": samples,
+        "images": images,
+        "encoded_texts": tokenized["encoded_texts"],
+        "answer_vocab": tokenized["answer_vocab"],
+        "tokenizer": tokenized["tokenizer"],
+        "params:model": model_params,
+        "params:training": training_params,
+    }
+
+
+def test_resolve_model_config_fills_data_sizes(model_params):
+    config = resolve_model_config(model_params, vocab_size=77, max_length=16, num_answers=13)
+    assert config["text"]["vocab_size"] == 77 and config["heads"]["answer"]["num_outputs"] == 13
+    assert "vocab_size" not in model_params["presets"]["tiny"]["text"]  # params untouched
+
+
+def test_unknown_preset_and_keys_fail_before_training(model_params):
+    with pytest.raises(ValueError, match="model.preset='huge'"):
+        resolve_model_config({**model_params, "preset": "huge"}, 77, 16, 13)
+    model_params["presets"]["tiny"]["vision"]["dpeth"] = 2
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['dpeth'\] in model.vision"):
+        resolve_model_config(model_params, 77, 16, 13)
+
+
+def test_train_model_learns_and_reports(samples, images, tokenized, model_params, training_params):
+    inputs = _inputs(samples, images, tokenized, model_params, {**training_params, "epochs": 3})
+    trained, curves, history = train_model(*[inputs[k] for k in inputs])
+    assert set(trained) == {"config", "state_dict"}
+    assert len(history) == 3 and history[-1]["train_loss"] < history[0]["train_loss"]
+    assert [p["step"] for p in curves["val_accuracy"]] == [0, 1, 2]
+    assert all(torch.isfinite(v).all() for v in trained["state_dict"].values())
+
+
+def test_training_pipeline_on_memory_catalog(samples, images, tokenized, model_params, training_params):
+    catalog = run_pipeline(create_pipeline(), _inputs(samples, images, tokenized, model_params, training_params))
+    assert catalog.load("trained_model")["config"]["heads"]["answer"]["num_outputs"] == len(
+        tokenized["answer_vocab"]
+    )
