@@ -49,6 +49,12 @@ class Adapter(Protocol):
 
     def scales(self) -> dict[str, float]: ...  # per-group LR multipliers
 
+    def weight_decay_scales(self) -> dict[str, float]: ...  # per-group WD multipliers
+
+    # Gradients are final (unscaled, clipped); the optimiser still holds the last step's
+    # state and lr/wd: the place to measure hypergradients and take decisions.
+    def before_step(self, step: int, optimizer) -> None: ...
+
     def observe(self, step: int, stats: dict[str, float], optimizer) -> None: ...
 
     def state_dict(self) -> dict: ...
@@ -63,6 +69,9 @@ class TrainState:
     batch_in_epoch: int = 0  # micro-batches consumed in the current epoch
     bad_steps: int = 0  # consecutive non-finite steps
     skipped_steps: int = 0  # total non-finite steps skipped
+    epoch_seen: int = 0  # samples seen in the current epoch (kept across a resume)
+    epoch_loss_sum: float = 0.0
+    epoch_correct: int = 0
     history: list[dict] = field(default_factory=list)  # one row per epoch
     step_log: list[dict] = field(default_factory=list)  # one row per log_every steps
 
@@ -92,18 +101,22 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
     )
 
 
-def set_learning_rates(optimizer, cfg: TrainConfig, step: int, total_steps: int, scales: dict) -> float:
+def set_learning_rates(
+    optimizer, cfg: TrainConfig, step: int, total_steps: int, scales: dict, wd_scales: dict | None = None
+) -> float:
     base = cfg.lr * lr_at(step, total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
     for group in optimizer.param_groups:
         name = group["name"]
         group["lr"] = base * cfg.group_lr.get(name, 1.0) * scales.get(name, 1.0)
+        group["weight_decay"] = group["base_wd"] * (wd_scales or {}).get(name, 1.0)
     return base
 
 
 def _rng_state() -> dict:
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        # as tensors and plain types, so checkpoints load with weights_only=True
+        "numpy": _numpy_rng_state(),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -111,9 +124,15 @@ def _rng_state() -> dict:
     return state
 
 
+def _numpy_rng_state() -> tuple:
+    _, key, pos, has_gauss, cached = np.random.get_state()
+    return torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached)
+
+
 def _restore_rng(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -259,7 +278,7 @@ def train(
     model.train()
     while state.epoch < cfg.epochs and state.step < total_steps:
         sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
-        epoch_start, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        epoch_start, seen_now = time.perf_counter(), 0
         micro = 0
         optimizer.zero_grad(set_to_none=True)
         for batch in batches(train_split, images, sampler, cfg.num_workers):
@@ -273,10 +292,11 @@ def train(
             micro += 1
             state.batch_in_epoch += 1
             n = len(labels)
-            seen += n
+            seen_now += n
+            state.epoch_seen += n
             loss_value = float(loss.detach())
-            loss_sum += loss_value * n
-            correct += int((logits.detach().argmax(-1) == labels).sum())
+            state.epoch_loss_sum += loss_value * n
+            state.epoch_correct += int((logits.detach().argmax(-1) == labels).sum())
             last_of_epoch = state.batch_in_epoch == len(sampler)
             if micro < cfg.grad_accum_steps and not last_of_epoch:
                 continue
@@ -286,8 +306,11 @@ def train(
                 model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
             )
             finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
-            scales = adapter.scales() if adapter is not None else {}
-            base_lr = set_learning_rates(optimizer, cfg, state.step, total_steps, scales)
+            scales, wd_scales = {}, {}
+            if adapter is not None:
+                adapter.before_step(state.step, optimizer)
+                scales, wd_scales = adapter.scales(), adapter.weight_decay_scales()
+            base_lr = set_learning_rates(optimizer, cfg, state.step, total_steps, scales, wd_scales)
             if finite:
                 scaler.step(optimizer)
                 state.bad_steps = 0
@@ -311,11 +334,16 @@ def train(
             if adapter is not None:
                 adapter.observe(
                     state.step,
-                    {"loss": loss_value, "accuracy": correct / max(seen, 1), "finite": finite},
+                    {
+                        "loss": loss_value,
+                        "accuracy": state.epoch_correct / max(state.epoch_seen, 1),
+                        "finite": finite,
+                        "progress": state.step / total_steps,
+                    },
                     optimizer,
                 )
             elapsed = time.perf_counter() - epoch_start
-            bar.set_postfix(loss=f"{loss_value:.4f}", qps=f"{seen / max(elapsed, 1e-9):.0f}")
+            bar.set_postfix(loss=f"{loss_value:.4f}", qps=f"{seen_now / max(elapsed, 1e-9):.0f}")
             bar.update(1)
             if state.step % cfg.log_every == 0:
                 state.step_log.append({"step": state.step, "loss": loss_value, "lr": base_lr})
@@ -326,10 +354,10 @@ def train(
         row = {
             "epoch": state.epoch,
             "step": state.step,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1),
+            "train_loss": state.epoch_loss_sum / max(state.epoch_seen, 1),
+            "train_accuracy": state.epoch_correct / max(state.epoch_seen, 1),
             "seconds": time.perf_counter() - epoch_start,
-            "questions_per_s": seen / max(time.perf_counter() - epoch_start, 1e-9),
+            "questions_per_s": seen_now / max(time.perf_counter() - epoch_start, 1e-9),
         }
         if val_split is not None and len(val_split):
             val = evaluate(model, val_split, images, cfg, head)
@@ -337,7 +365,8 @@ def train(
         state.history.append(row)
         logger.info("epoch %d: %s", state.epoch, {k: round(v, 4) for k, v in row.items()})
         state.epoch += 1
-        state.batch_in_epoch = 0
+        state.batch_in_epoch = state.epoch_seen = state.epoch_correct = 0
+        state.epoch_loss_sum = 0.0
         if cfg.checkpoint_every:
             checkpoint()
     bar.close()
