@@ -1,0 +1,143 @@
+"""Training throughput: image-major vs per-question batching on the same model.
+
+Image-major batches run the vision tower once per unique image and gather its
+keys/values for each question; per-question batches repeat the image for every
+question. Both see the same questions per step. MFU is measured against an fp32
+matmul peak measured in this same run.
+
+    .venv/bin/python benchmarks/train_throughput.py [--steps 20] [--preset cpu]
+
+Last line of output: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+from multimodal_doubleloop.data.batching import EncodedSplit, ImageMajorBatches, collate
+from multimodal_doubleloop.data.images import InMemoryImages
+from multimodal_doubleloop.models import ModelConfig, build_model
+from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
+
+logger = logging.getLogger("train_throughput")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def matmul_peak_gflops(n: int = 1024, repeats: int = 20) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def synthetic_split(images: int, questions_per_image: int, length: int, vocab: int, answers: int):
+    """easy-VQA-shaped data: ~10 questions of ~10 tokens per 64x64 image."""
+    g = torch.Generator().manual_seed(0)
+    n = images * questions_per_image
+    lengths = torch.randint(7, length + 1, (n,), generator=g)
+    mask = (torch.arange(length)[None] < lengths[:, None]).long()
+    ids = torch.randint(5, vocab, (n, length), generator=g) * mask
+    split = EncodedSplit(
+        image_rows=torch.arange(images).repeat_interleave(questions_per_image),
+        input_ids=ids,
+        attention_mask=mask,
+        labels=torch.randint(0, answers, (n,), generator=g),
+    )
+    pixels = np.random.default_rng(0).integers(0, 256, (images, 64, 64, 3), dtype=np.uint8)
+    return split, InMemoryImages(pixels)
+
+
+def per_question(batch: dict) -> dict:
+    """The same questions, each with its own copy of its image."""
+    out = dict(batch)
+    out["images"] = batch["images"][batch["image_index"]]
+    out["image_index"] = torch.arange(len(batch["image_index"]))
+    return out
+
+
+def step_fn(model, optimizer):
+    def step(batch):
+        labels = batch["labels"]
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(tasks=["answer"], **inputs)["answer"]
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def measure(step, batches, warmup: int) -> float:
+    """Questions per second over `batches` after `warmup` untimed steps."""
+    for b in batches[:warmup]:
+        step(b)
+    start = time.perf_counter()
+    questions = 0
+    for b in batches[warmup:]:
+        step(b)
+        questions += len(b["labels"])
+    return questions / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--images-per-batch", type=int, default=16)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.manual_seed(0)
+
+    model_params = yaml.safe_load((ROOT / "conf/base/parameters_model.yml").read_text())["model"]
+    model_params["preset"] = args.preset
+    config = resolve_model_config(model_params, vocab_size=123, max_length=16, num_answers=13)
+    model = build_model(ModelConfig.from_dict(config))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    step = step_fn(model, optimizer)
+
+    n_images = args.images_per_batch * (args.steps + args.warmup)
+    split, images = synthetic_split(n_images, 10, 12, 123, 13)
+    sampler = ImageMajorBatches(split.image_rows, args.images_per_batch, shuffle=True, seed=0)
+    image_major = [collate(split, images, idx) for idx in sampler]
+    questions = [per_question(b) for b in image_major]
+
+    with FlopCounterMode(display=False) as counter:
+        step(image_major[0])
+    flops_per_question = counter.get_total_flops() / len(image_major[0]["labels"])
+
+    peak = matmul_peak_gflops()
+    im_qps = measure(step, image_major, args.warmup)
+    pq_qps = measure(step, questions, args.warmup)
+    mfu = im_qps * flops_per_question / (peak * 1e9)
+    logger.info("fp32 matmul peak %.1f GFLOP/s; model %.1f MFLOP per question (fwd+bwd, image-major)",
+                peak, flops_per_question / 1e6)
+    logger.info("image-major %.0f q/s, per-question %.0f q/s, speedup %.2fx, MFU %.1f%%",
+                im_qps, pq_qps, im_qps / pq_qps, 100 * mfu)
+    print(json.dumps({  # noqa: T201 - the benchmark's result line
+        "preset": args.preset,
+        "image_major_qps": round(im_qps, 1),
+        "per_question_qps": round(pq_qps, 1),
+        "speedup": round(im_qps / pq_qps, 3),
+        "mfu": round(mfu, 4),
+        "matmul_peak_gflops": round(peak, 1),
+        "mflops_per_question": round(flops_per_question / 1e6, 2),
+        "threads": torch.get_num_threads(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
