@@ -15,7 +15,14 @@ from multimodal_doubleloop.models.vision import (
 
 def tiny_vit(seed: int = 0, **kw) -> VisionTransformer:
     torch.manual_seed(seed)
-    cfg = {"image_size": 32, "patch_size": 8, "stem_channels": [8], "dim": 32, "depth": 2, "heads": 2}
+    cfg = {
+        "image_size": 32,
+        "patch_size": 8,
+        "stem_channels": [8],
+        "dim": 32,
+        "depth": 2,
+        "heads": 2,
+    }
     model = VisionTransformer(VisionConfig(**{**cfg, **kw}))
     model.apply(init_weights)
     return model

@@ -55,9 +55,10 @@ def tiny_batch(images: int = 3, texts: int = 5, length: int = 10, seed: int = 0)
     ids[:, 0] = 2  # [CLS]
     index = torch.arange(texts) % images
     return {
-        "images": torch.rand(images, 3, 32, 32, generator=g),
+        # noise around a colour of each image's own, so images differ as real ones do
+        "images": 0.5 * torch.rand(images, 3, 1, 1, generator=g)
+        + 0.5 * torch.rand(images, 3, 32, 32, generator=g),
         "image_index": index,
         "input_ids": ids,
         "attention_mask": mask,
     }
-
