@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .fusion import Features, FusionConfig, build_fusion
 from .heads import HeadConfig, build_head
+from .strict import build
 from .text import TextConfig, TextEncoder
 from .vision import VisionConfig, VisionTransformer, init_weights
 
@@ -36,36 +37,20 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, params: dict) -> ModelConfig:
-        """Build from a parameters dict; unknown keys fail with their path."""
-        params = dict(params)
-        _check_keys("model", params, {f.name for f in fields(cls)})
-        vision = params.pop("vision", {})
-        text = params.pop("text", {})
-        kwargs = dict(
-            vision=None if vision is None else _make(VisionConfig, "model.vision", vision),
-            text=None if text is None else _make(TextConfig, "model.text", text),
-            fusion=_make(FusionConfig, "model.fusion", params.pop("fusion", {})),
-        )
+        """Build from a parameters dict; unknown keys and wrong types fail with their path."""
+        vision, text = params.get("vision", {}), params.get("text", {})
+        nested = {
+            "vision": None if vision is None else build(VisionConfig, vision, "model.vision"),
+            "text": None if text is None else build(TextConfig, text, "model.text"),
+            "fusion": build(FusionConfig, params.get("fusion", {}), "model.fusion"),
+        }
         if "heads" in params:
-            kwargs["heads"] = {
-                name: _make(HeadConfig, f"model.heads.{name}", h)
-                for name, h in params.pop("heads").items()
+            if not isinstance(params["heads"], dict):
+                raise ValueError("model.heads must be a mapping of task name -> head config")
+            nested["heads"] = {
+                name: build(HeadConfig, h, f"model.heads.{name}") for name, h in params["heads"].items()
             }
-        return cls(**kwargs, **params)
-
-
-def _check_keys(path: str, given: dict, allowed: set[str]) -> None:
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {path}; allowed: {sorted(allowed)}")
-
-
-def _make(cls, path: str, values: dict):
-    _check_keys(path, values, {f.name for f in fields(cls)})
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        return build(cls, params, "model", nested)
 
 
 class MultimodalModel(nn.Module):
