@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+import json
+from collections.abc import Sequence
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]", "[EOS]"]
 PAD_ID = 0  # "[PAD]" is trained first, so its id is 0
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 1) -> Tokenizer:
-    """BERT-style WordPiece: lowercase + accent stripping, [CLS] text [SEP]."""
+def train_tokenizer(texts: Sequence[str], vocab_size: int, min_frequency: int = 1) -> Tokenizer:
+    """BERT-style WordPiece: lowercase + accent stripping, [CLS] text [SEP].
+
+    Reproducible: the trainer breaks ties between equally frequent merges in hash
+    order, which changes from process to process, so the intermediate pieces it
+    keeps vary. We keep only what does not depend on ties (special tokens, single
+    characters and whole words) and number them in sorted order, so the same texts
+    always give the same tokenizer and a rerun can resume its checkpoints.
+    """
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -21,6 +38,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    words = {
+        word
+        for text in texts
+        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))
+    }
+    learned = tokenizer.get_vocab()
+    stable = {t for t in learned if t in words or len(t.removeprefix("##")) == 1}
+    ordered = SPECIAL_TOKENS + sorted(stable - set(SPECIAL_TOKENS))
+    tokenizer.model = models.WordPiece(
+        {token: i for i, token in enumerate(ordered)}, unk_token="[UNK]"
+    )
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -32,12 +60,28 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     return tokenizer
 
 
-def encode(tokenizer: Tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Encode to (N, max_length) int32 ids and attention mask, truncated and padded."""
+def encode(
+    tokenizer: Tokenizer, texts: Sequence[str], max_length: int, chunk: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encode to (N, max_length) int32 ids and attention mask, truncated and padded.
+
+    Works through `chunk` texts at a time into preallocated arrays, so the transient
+    per-text encodings stay bounded however many texts there are (COCO: 590k)."""
     tokenizer = Tokenizer.from_str(tokenizer.to_str())  # copy: padding settings are global
     tokenizer.enable_truncation(max_length)
     tokenizer.enable_padding(pad_id=PAD_ID, pad_token="[PAD]", length=max_length)
-    encodings = tokenizer.encode_batch(list(texts))
-    ids = np.array([e.ids for e in encodings], dtype=np.int32).reshape(len(texts), max_length)
-    mask = np.array([e.attention_mask for e in encodings], dtype=np.int8).reshape(len(texts), max_length)
+    n = len(texts)
+    ids = np.empty((n, max_length), dtype=np.int32)
+    mask = np.empty((n, max_length), dtype=np.int8)
+    for start in range(0, n, chunk):
+        encodings = tokenizer.encode_batch(list(texts[start : start + chunk]))
+        stop = start + len(encodings)
+        ids[start:stop] = [e.ids for e in encodings]
+        mask[start:stop] = [e.attention_mask for e in encodings]
     return ids, mask
+
+
+def fingerprint(tokenizer_json: str) -> str:
+    """SHA-256 of the tokenizer's content, independent of JSON key order."""
+    canonical = json.dumps(json.loads(tokenizer_json), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -36,3 +36,22 @@ def test_tokenization_pipeline_on_memory_catalog(samples, tokenization_params):
     assert encoded["input_ids"].shape == (len(samples), tokenization_params["max_length"])
     assert (encoded["sample_id"] == samples["sample_id"].to_numpy()).all()
     assert encoded["attention_mask"][:, 0].all()
+
+
+def test_tokenizer_training_is_reproducible_across_processes():
+    """Token ids must not depend on hash seeds: a rerun's tokenizer must match the
+    checkpoint it resumes from."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import easy_vqa; from multimodal_doubleloop.data.tokenizer import train_tokenizer, fingerprint;"
+        "print(fingerprint(train_tokenizer(easy_vqa.get_train_questions()[0][:3000], 500).to_str()))"
+    )
+    prints = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout.strip().splitlines()[-1]
+        for seed in (1, 2)
+    }
+    assert len(prints) == 1

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 
-import pandas as pd
-from tokenizers import Tokenizer
+import matplotlib
 
-from ...data.batching import encoded_split
-from ...data.images import image_store
-from ...models import ModelConfig, build_model
-from ...training.config import TrainConfig
-from ...training.loop import train
+matplotlib.use("Agg")  # headless: figures are only saved
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+
+from ...data.batching import encoded_split  # noqa: E402
+from ...data.images import image_store  # noqa: E402
+from ...models import ModelConfig, build_model  # noqa: E402
+from ...training.config import TrainConfig  # noqa: E402
+from ...training.controller import build_adapter, decision_history  # noqa: E402
+from ...training.loop import train  # noqa: E402
+from ...training.tasks import TasksConfig, TaskSet, special_ids  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_model_config(model_params: dict, vocab_size: int, max_length: int, num_answers: int) -> dict:
-    """The chosen preset, completed with sizes only the data knows."""
+def resolve_model_config(
+    model_params: dict, vocab_size: int, max_length: int, num_answers: int, tasks: TaskSet | None = None
+) -> dict:
+    """The chosen preset, completed with sizes only the data knows; with `tasks`, one
+    head per task (the preset's head of that name supplies its settings)."""
     preset = model_params["preset"]
     presets = model_params["presets"]
     if preset not in presets:
@@ -27,9 +35,14 @@ def resolve_model_config(model_params: dict, vocab_size: int, max_length: int, n
     config = copy.deepcopy(presets[preset])
     if config.get("text") is not None:
         config["text"] = {**config.get("text", {}), "vocab_size": vocab_size, "max_length": max_length}
-    heads = config.setdefault("heads", {"answer": {"type": "classification"}})
-    heads.setdefault("answer", {"type": "classification"})
-    heads["answer"]["num_outputs"] = num_answers
+    if tasks is not None:
+        dim = config.get("fusion", {}).get("dim", ModelConfig().fusion.dim)
+        sizes = {"vocab_size": vocab_size, "max_length": max_length, "dim": dim}
+        config["heads"] = tasks.head_configs(config.get("heads") or {}, sizes)
+    else:
+        heads = config.setdefault("heads", {"answer": {"type": "classification"}})
+        heads.setdefault("answer", {"type": "classification"})
+        heads["answer"]["num_outputs"] = num_answers
     ModelConfig.from_dict(config)  # fail now, before any work, if the preset is invalid
     return config
 
@@ -42,19 +55,30 @@ def train_model(
     tokenizer: str,
     model_params: dict,
     training_params: dict,
+    tasks_params: dict | None = None,
 ) -> tuple[dict, dict, list[dict]]:
-    """Returns the trained model (config + weights), MLflow metric histories and
-    the per-epoch history table."""
+    """Returns the trained model (config + weights), MLflow metric histories (with
+    the controller's decisions as `controller/...` when it is on) and the per-epoch
+    history table."""
     train_cfg = TrainConfig.from_dict(training_params)
     vocab_size = Tokenizer.from_str(tokenizer).get_vocab_size()
+    tasks = TaskSet.build(
+        TasksConfig.from_dict(tasks_params),
+        samples,
+        answer_vocab,
+        special_ids(Tokenizer.from_str(tokenizer)),
+        train_cfg.label_smoothing,
+    )
     model_config = resolve_model_config(
-        model_params, vocab_size, encoded_texts["input_ids"].shape[1], len(answer_vocab)
+        model_params, vocab_size, encoded_texts["input_ids"].shape[1], len(answer_vocab), tasks
     )
     model = build_model(ModelConfig.from_dict(model_config))
     logger.info("Model has %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)
-    store = image_store(images)
+    store = image_store(images, train=True)  # with the configured augmentation
     splits = {
-        s: encoded_split(samples, encoded_texts, images["image_ids"], answer_vocab, s)
+        s: tasks.attach_targets(
+            encoded_split(samples, encoded_texts, images["image_ids"], answer_vocab, s), samples, s
+        )
         for s in ("train", "val")
     }
     run_config = {
@@ -62,18 +86,48 @@ def train_model(
         "training": train_cfg.to_dict(),
         "data": {
             "train_samples": len(splits["train"]),
-            "tokenizer_sha256": hashlib.sha256(tokenizer.encode()).hexdigest(),
+            "tokenizer_sha256": fingerprint(tokenizer),
         },
     }
-    state = train(model, splits["train"], splits["val"], store, train_cfg, run_config)
+    adapter = build_adapter(train_cfg.controller, list(model.parameter_groups()), train_cfg.warmup_steps)
+    state = train(
+        model, splits["train"], splits["val"], store, train_cfg, run_config, adapter,
+        tasks=tasks, val_images=image_store(images),
+    )
     curves = {
         key: [{"step": row["epoch"], "value": float(row[key])} for row in state.history if key in row]
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "questions_per_s")
     }
     curves["step_loss"] = [{"step": r["step"], "value": r["loss"]} for r in state.step_log]
     curves["lr"] = [{"step": r["step"], "value": r["lr"]} for r in state.step_log]
+    if adapter is not None:
+        curves.update(decision_history(adapter.trace))
     trained = {
         "config": model_config,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     return trained, {k: v for k, v in curves.items() if v}, state.history
+
+
+def plot_controller_decisions(training_curves: dict) -> plt.Figure:
+    """Per-group LR and weight-decay multipliers over steps (flat at 1 when the
+    controller is off). Accepts kedro-mlflow's loaded form, where a one-point
+    history comes back as a dict."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
+    for ax, kind in zip(axes, ("lr_scale", "wd_scale"), strict=True):
+        prefix = f"controller/{kind}/"
+        for name, points in sorted(training_curves.items()):
+            if name.startswith(prefix):
+                points = sorted(points if isinstance(points, list) else [points], key=lambda p: p["step"])
+                ax.step([p["step"] for p in points], [p["value"] for p in points], where="post",
+                        label=name[len(prefix):])
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel("step")
+        ax.set_title(f"{kind.replace('_', ' ')} per group")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "controller off (method: fixed)", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return fig
