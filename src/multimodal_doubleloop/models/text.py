@@ -21,10 +21,15 @@ class TextConfig:
     dropout: float = 0.0
     type_vocab_size: int = 2  # BERT segments A/B
     pad_id: int = 0
+    # Pooled feature: the [CLS] token, or the mean over real tokens (at initialisation
+    # [CLS] is nearly the same vector for every text; the mean is not).
+    pool: str = "cls"
 
     def __post_init__(self):
         if self.vocab_size < 2:
             raise ValueError(f"text.vocab_size={self.vocab_size} must be >= 2")
+        if self.pool not in ("cls", "mean"):
+            raise ValueError(f"text.pool={self.pool!r}: use 'cls' or 'mean'")
         if self.max_length < 1:
             raise ValueError(f"text.max_length={self.max_length} must be >= 1")
 
@@ -32,7 +37,7 @@ class TextConfig:
 class TextEncoder(nn.Module):
     """Token ids (B, T) + attention mask (B, T) -> pooled (B, D), tokens (B, T, D).
 
-    Pooled is the first ([CLS]) token. Padded positions never influence real tokens:
+    Pooled is the first ([CLS]) token or the masked mean (`pool`). Padded positions never influence real tokens:
     they are masked out as keys in every attention layer.
     """
 
@@ -69,4 +74,7 @@ class TextEncoder(nn.Module):
         x = self.drop(self.embed_norm(x))  # (B, T, D)
         x = run_blocks(self.blocks, x, self.grad_checkpointing, mask=key_padding_mask(attention_mask))
         x = self.norm(x)
-        return x[:, 0], x
+        if self.cfg.pool == "cls":
+            return x[:, 0], x
+        weights = attention_mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        return (x * weights).sum(1) / weights.sum(1).clamp(min=1), x

@@ -24,6 +24,9 @@ class VisionConfig:
     # makes small ViTs train faster and more stably). Empty = plain patch embedding.
     stem_channels: list[int] = field(default_factory=lambda: [32, 64])
     position_embedding: str = "learned"  # "learned" | "sincos" (fixed 2-D)
+    # Pooled feature: the CLS token, or the mean of the patch tokens (carries the
+    # image's content from the first step, which speeds up learning from scratch).
+    pool: str = "cls"
 
     def __post_init__(self):
         stride = 2 ** len(self.stem_channels)
@@ -37,6 +40,8 @@ class VisionConfig:
                 f"vision.image_size={self.image_size} must be a multiple of "
                 f"vision.patch_size={self.patch_size}"
             )
+        if self.pool not in ("cls", "mean"):
+            raise ValueError(f"vision.pool={self.pool!r}: use 'cls' or 'mean'")
         if self.position_embedding not in ("learned", "sincos"):
             raise ValueError(
                 f"vision.position_embedding={self.position_embedding!r}: use 'learned' or 'sincos'"
@@ -102,7 +107,8 @@ class VisionTransformer(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
         x = run_blocks(self.blocks, x + self.pos_embed, self.grad_checkpointing)
         x = self.norm(x)
-        return x[:, 0], x[:, 1:]
+        pooled = x[:, 0] if self.cfg.pool == "cls" else x[:, 1:].mean(1)  # (B, D)
+        return pooled, x[:, 1:]
 
 
 def init_weights(module: nn.Module) -> None:
