@@ -55,3 +55,22 @@ def test_train_pipeline_end_to_end(project):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "tokenizer")}
     artifacts |= {a.path for a in client.list_artifacts(run.info.run_id, "reporting")}
     assert {"tokenizer/tokenizer.json", "tokenizer/answer_vocab.json", "reporting/confusion_matrix.png"} <= artifacts
+
+
+@pytest.mark.slow
+def test_torchrun_entry_point_trains_from_the_catalog(project):
+    import subprocess
+    import sys
+
+    for name in ("ingestion", "tokenization"):
+        with KedroSession.create(project_path=project, env="test") as session:
+            session.run(pipeline_name=name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "multimodal_doubleloop.train", "--env", "test", "--project", str(project)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((project / "data/08_reporting/training_history.json").read_text())
+    assert len(history) == 1 and history[0]["train_loss"] > 0
+    assert len(list((project / "data/06_models/model.pt").iterdir())) == 1

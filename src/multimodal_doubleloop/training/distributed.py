@@ -123,3 +123,8 @@ def broadcast_scales(scales: dict[str, float], names: list[str]) -> dict[str, fl
     values = torch.tensor([float(scales.get(n, 1.0)) for n in names], dtype=torch.float64)
     dist.broadcast(values, src=0)
     return dict(zip(names, values.tolist(), strict=True))
+
+
+def destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
