@@ -25,10 +25,16 @@ class FusionConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     late_mode: str = "product"  # how late fusion combines pooled features
+    # Early-fusion pooled feature: the fused [CLS], or the mean over real fused text
+    # tokens (a question word that has just read the image then reaches the head
+    # directly, without another layer for [CLS] to gather it).
+    pool: str = "cls"
 
     def __post_init__(self):
         if self.kind not in FUSION_KINDS:
             raise ValueError(f"fusion.kind={self.kind!r}: use one of {FUSION_KINDS}")
+        if self.pool not in ("cls", "mean"):
+            raise ValueError(f"fusion.pool={self.pool!r}: use 'cls' or 'mean'")
         if self.late_mode not in LATE_MODES:
             raise ValueError(f"fusion.late_mode={self.late_mode!r}: use one of {LATE_MODES}")
 
@@ -59,6 +65,7 @@ class EarlyFusion(nn.Module):
 
     def __init__(self, cfg: FusionConfig):
         super().__init__()
+        self.pool = cfg.pool
         self.modality_embed = nn.Embedding(2, cfg.dim)  # 0 = text, 1 = image
         self.blocks = nn.ModuleList(
             Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout, cross=True)
@@ -98,8 +105,13 @@ class EarlyFusion(nn.Module):
             memory_index=image_index,
         )
         x = self.norm(x)
+        if self.pool == "cls":
+            pooled = x[:, 0]
+        else:
+            weights = text_mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+            pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1)
         return Features(
-            x[:, 0], x, text_mask.bool(), image_pooled, image_tokens, text_pooled, image_index
+            pooled, x, text_mask.bool(), image_pooled, image_tokens, text_pooled, image_index
         )
 
 
