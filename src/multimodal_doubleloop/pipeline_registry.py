@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from .pipelines import evaluation, ingestion, tokenization, training
+from .pipelines import controller_study, evaluation, ingestion, tokenization, training
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -20,4 +20,6 @@ def register_pipelines() -> dict[str, Pipeline]:
         "evaluation": evaluation.create_pipeline(),
     }
     train = sum(stages.values(), start=Pipeline([]))
-    return {**stages, "train": train, "__default__": train}
+    # The study re-runs ingestion and tokenization (seconds) so it never scores a stale slice.
+    study = stages["ingestion"] + stages["tokenization"] + controller_study.create_pipeline()
+    return {**stages, "controller_study": study, "train": train, "__default__": train}

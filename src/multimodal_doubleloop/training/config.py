@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from .controller import ControllerConfig
 from .precision import PRECISIONS
 
 
@@ -32,9 +33,13 @@ class TrainConfig:
     progress_bar: bool = True
     group_lr: dict[str, float] = field(default_factory=dict)  # e.g. {"heads": 2.0}
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    # The outer loop (method fixed | hypergradient | double_loop); see training/controller.py.
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
+        if isinstance(self.controller, dict):
+            self.controller = ControllerConfig.from_dict(self.controller)
         checks = {
             "epochs": self.epochs >= 1,
             "images_per_batch": self.images_per_batch >= 1,

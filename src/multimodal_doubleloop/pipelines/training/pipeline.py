@@ -1,6 +1,6 @@
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import train_model
+from .nodes import plot_controller_decisions, train_model
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -19,6 +19,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 ["trained_model", "training_curves", "training_history"],
                 name="train_model",
-            )
+            ),
+            Node(
+                plot_controller_decisions,
+                "training_curves",
+                "controller_decisions_plot",
+                name="plot_controller_decisions",
+            ),
         ]
     )

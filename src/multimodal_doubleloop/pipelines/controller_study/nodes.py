@@ -1,0 +1,189 @@
+"""Controller study nodes: train every (method, base LR) cell, then tabulate and plot.
+
+Every cell starts from the same initial weights and sees the same batches (same
+seed); only the base learning rate and the outer loop differ. Cells train for a
+fixed step budget without validation and are scored on a fixed subset of the test
+split (the first `test_images` test images with all their questions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field, fields
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are only saved
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+
+from ...data.batching import EncodedSplit, encoded_split  # noqa: E402
+from ...data.images import image_store  # noqa: E402
+from ...models import ModelConfig, build_model  # noqa: E402
+from ...training.config import TrainConfig  # noqa: E402
+from ...training.controller import METHODS, build_adapter, decision_history  # noqa: E402
+from ...training.loop import evaluate, train  # noqa: E402
+from ..training.nodes import resolve_model_config  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyConfig:
+    base_lrs: list[float] = field(default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2])
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    model_preset: str = "cpu"
+    training: dict = field(default_factory=dict)  # overrides of params:training in every cell
+    controller: dict = field(default_factory=dict)  # training.controller of the adaptive cells
+    test_images: int = 0  # score on the first N test images (all their questions); 0 = all
+
+    def __post_init__(self):
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown or not self.methods:
+            raise ValueError(f"controller_study.methods={self.methods!r}: use a subset of {METHODS}")
+        if not self.base_lrs or any(lr <= 0 for lr in self.base_lrs):
+            raise ValueError(f"controller_study.base_lrs={self.base_lrs!r} must be positive")
+        owned = sorted({"lr", "controller"} & set(self.training))
+        if owned:
+            raise ValueError(f"controller_study.training sets {owned}; the study sets these per cell")
+        if "method" in self.controller:
+            raise ValueError("controller_study.controller.method is set per cell; remove it")
+        if self.test_images < 0:
+            raise ValueError(f"controller_study.test_images={self.test_images} must be >= 0")
+
+    @classmethod
+    def from_dict(cls, params: dict) -> StudyConfig:
+        unknown = sorted(set(params) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) {unknown} in controller_study; allowed: {sorted(f.name for f in fields(cls))}"
+            )
+        return cls(**params)
+
+
+def first_images(split: EncodedSplit, n: int) -> EncodedSplit:
+    """The questions of the first `n` distinct images of `split` (all when n == 0)."""
+    if n == 0:
+        return split
+    keep = torch.isin(split.image_rows, torch.unique(split.image_rows)[:n])
+    return EncodedSplit(
+        split.image_rows[keep], split.input_ids[keep], split.attention_mask[keep], split.labels[keep]
+    )
+
+
+def run_controller_study(
+    samples: pd.DataFrame,
+    images: dict,
+    encoded_texts: dict,
+    answer_vocab: list[str],
+    tokenizer: str,
+    model_params: dict,
+    training_params: dict,
+    study_params: dict,
+) -> list[dict]:
+    """Train and test one model per (method, base LR); returns one record per cell."""
+    study = StudyConfig.from_dict(study_params)
+    model_config = resolve_model_config(
+        {**model_params, "preset": study.model_preset},
+        Tokenizer.from_str(tokenizer).get_vocab_size(),
+        encoded_texts["input_ids"].shape[1],
+        len(answer_vocab),
+    )
+    store = image_store(images)
+    train_split = encoded_split(samples, encoded_texts, images["image_ids"], answer_vocab, "train")
+    test_split = first_images(
+        encoded_split(samples, encoded_texts, images["image_ids"], answer_vocab, "test"), study.test_images
+    )
+    if not len(train_split) or not len(test_split):
+        raise ValueError("controller_study needs 'train' and 'test' rows in samples")
+    cells = []
+    for lr in study.base_lrs:
+        for method in study.methods:
+            cfg = TrainConfig.from_dict(
+                {**training_params, **study.training, "lr": lr, "controller": {**study.controller, "method": method}}
+            )
+            torch.manual_seed(cfg.seed)  # every cell starts from the same weights
+            model = build_model(ModelConfig.from_dict(model_config))
+            adapter = build_adapter(cfg.controller, list(model.parameter_groups()), cfg.warmup_steps)
+            run_config = {
+                "model": model_config,
+                "training": cfg.to_dict(),
+                "data": {"tokenizer_sha256": hashlib.sha256(tokenizer.encode()).hexdigest()},
+            }
+            start = time.perf_counter()
+            state = train(model, train_split, None, store, cfg, run_config, adapter)
+            seconds = time.perf_counter() - start
+            result = evaluate(model, test_split, store, cfg)
+            trace = adapter.trace if adapter is not None else []
+            cell = {
+                "method": method,
+                "base_lr": lr,
+                "test_accuracy": result["accuracy"],
+                "test_loss": result["loss"],
+                "train_loss": state.history[-1]["train_loss"],  # mean over the (last) epoch's steps
+                "steps": state.step,
+                "train_seconds": seconds,
+                "test_questions": len(test_split),
+                "curves": {
+                    "step_loss": [{"step": r["step"], "value": r["loss"]} for r in state.step_log],
+                    "lr": [{"step": r["step"], "value": r["lr"]} for r in state.step_log],
+                    **decision_history(trace),
+                },
+                "final_scales": {k: v for k, v in (trace[-1] if trace else {}).items() if "_scale/" in k},
+                "training": cfg.to_dict(),
+            }
+            logger.info(
+                "controller_study %-13s lr=%g: test accuracy %.4f, %d steps in %.0f s",
+                method, lr, cell["test_accuracy"], state.step, seconds,
+            )
+            cells.append(cell)
+    return cells
+
+
+def summarise_controller_study(cells: list[dict]) -> tuple[pd.DataFrame, plt.Figure, dict]:
+    """The results table, test accuracy vs base LR per method, and one MLflow run per cell."""
+    rows = []
+    for cell in cells:
+        row = {k: cell[k] for k in ("method", "base_lr", "test_accuracy", "test_loss", "train_loss",
+                                    "steps", "train_seconds", "test_questions")}
+        row.update({f"final_{k.replace('/', '_')}": v for k, v in sorted(cell["final_scales"].items())})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    best_fixed = table.loc[table["method"] == "fixed", "test_accuracy"].max()
+    for method, group in table.groupby("method", sort=False):
+        logger.info(
+            "controller_study %s: worst cell %.4f, best %.4f (best fixed cell %.4f)",
+            method, group["test_accuracy"].min(), group["test_accuracy"].max(), best_fixed,
+        )
+    return table, accuracy_figure(table), {
+        f"{c['method']}_lr{c['base_lr']:g}": {
+            "tags": {"study": "controller_study", "method": c["method"], "base_lr": c["base_lr"]},
+            "params": {"method": c["method"], "base_lr": c["base_lr"], "steps": c["steps"],
+                       **{f"controller.{k}": v for k, v in c["training"]["controller"].items()}},
+            "metrics": {
+                **{k: [{"step": c["steps"], "value": c[k]}] for k in ("test_accuracy", "test_loss", "train_loss")},
+                **c["curves"],
+            },
+        }
+        for c in cells
+    }
+
+
+def accuracy_figure(table: pd.DataFrame) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, group in table.groupby("method", sort=False):
+        group = group.sort_values("base_lr")
+        ax.plot(group["base_lr"], group["test_accuracy"], marker="o", label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("base learning rate")
+    ax.set_ylabel("test accuracy")
+    steps = int(table["steps"].max()) if len(table) else 0
+    ax.set_title(f"Controller study: test accuracy after {steps} steps")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,31 @@
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import run_controller_study, summarise_controller_study
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                run_controller_study,
+                [
+                    "samples",
+                    "images",
+                    "encoded_texts",
+                    "answer_vocab",
+                    "tokenizer",
+                    "params:model",
+                    "params:training",
+                    "params:controller_study",
+                ],
+                "controller_study_cells",
+                name="run_controller_study",
+            ),
+            Node(
+                summarise_controller_study,
+                "controller_study_cells",
+                ["controller_study_table", "controller_study_plot", "controller_study_runs"],
+                name="summarise_controller_study",
+            ),
+        ]
+    )

@@ -1,0 +1,412 @@
+"""The outer loop of double-loop learning: adapters that rescale per-group LR and WD.
+
+Two adapters implement the loop's `Adapter` protocol:
+
+- `HypergradientDescent`: plain hypergradient descent (Baydin et al. 2018), the
+  multiplicative rule on a per-group log-scale, a_g <- a_g - beta * cos_g per step,
+  where cos_g is the normalised one-step hypergradient dL/d log lr_g.
+- `DoubleLoopController`: every `every` inner steps a small LSTM reads running-
+  normalised per-group statistics and sets lr_g = base(t) * exp(a_g) with
+  a_g = bound * tanh(o_g), and a weight-decay multiplier the same way. It is trained
+  online: the window's hypergradients are the gradient of the inner loss with respect
+  to its outputs, plus a pull toward scale 1 (Wu et al. 2018: one-step objectives
+  prefer too-small learning rates), plus a meta head that predicts the next window's
+  change in log training loss (its error is logged).
+
+Both are frozen (scale 1) during warm-up, fall back to scale 1 for a window whose
+statistics are not finite, do their host work once per window, and keep everything
+that decides the next scales in `state_dict` (exact resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from .hypergradient import HypergradientMeter
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("fixed", "hypergradient", "double_loop")
+# Controller inputs per group, in order. The first five are running-normalised; the
+# last three are already bounded and enter as they are.
+FEATURES = (
+    "log_loss",  # log of the training-loss EMA (shared by all groups)
+    "loss_slope",  # change of log_loss over the last window
+    "accuracy",  # training-accuracy EMA
+    "log_grad_norm",  # window mean, after AMP unscaling
+    "log_update_ratio",  # window mean of log |update| / |param|
+    "lr_cosine",  # window mean of -cos(g_{t+1}, last update direction) = normalised hypergradient
+    "scale",  # current a_g / bound
+    "progress",  # t / T
+)
+NORMALISED = 5
+
+
+@dataclass
+class ControllerConfig:
+    method: str = "fixed"  # fixed | hypergradient | double_loop
+    every: int = 100  # inner steps per outer-loop decision (fewer at CPU scale)
+    # Measure the hypergradient on every k-th step only: an unbiased subsample of the
+    # window. One measurement costs about an optimiser step of memory traffic, ~8% of
+    # a CPU-preset step; 4 keeps the controller near 2% there. 1 = Baydin's every step.
+    measure_every: int = 4
+    max_log_scale: float = math.log(4.0)  # |a_g| bound: LR multiplier within [1/4, 4]
+    max_log_wd_scale: float = math.log(4.0)  # same for weight decay (double_loop); 0 = keep WD fixed
+    hypergradient_lr: float = 0.02  # beta of plain hypergradient descent, per step on log lr
+    hidden: int = 32  # LSTM width
+    meta_lr: float = 0.01  # Adam LR of the controller's own parameters
+    scale_reg: float = 0.05  # weight of a_g^2 (pull toward scale 1)
+    loss_ema: float = 0.9  # per-step EMA of training loss / accuracy fed to the controller
+    norm_decay: float = 0.9  # per-window decay of the running feature normalisers
+    seed: int = 0  # controller initialisation (private generator; training RNG untouched)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"training.controller.method={self.method!r}: use one of {METHODS}")
+        checks = {
+            "every": self.every >= 1,
+            "measure_every": self.measure_every >= 1 and self.every % self.measure_every == 0,
+            "max_log_scale": self.max_log_scale > 0,
+            "max_log_wd_scale": self.max_log_wd_scale >= 0,
+            "hypergradient_lr": self.hypergradient_lr > 0,
+            "hidden": self.hidden >= 1,
+            "meta_lr": self.meta_lr > 0,
+            "scale_reg": self.scale_reg >= 0,
+            "loss_ema": 0 <= self.loss_ema < 1,
+            "norm_decay": 0 <= self.norm_decay < 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(
+                "training.controller: out-of-range value(s) "
+                + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+            )
+
+    @classmethod
+    def from_dict(cls, params: dict) -> ControllerConfig:
+        unknown = sorted(set(params) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) {unknown} in training.controller; "
+                f"allowed: {sorted(f.name for f in fields(cls))}"
+            )
+        return cls(**params)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_adapter(cfg: ControllerConfig, groups: list[str], warmup_steps: int):
+    """The adapter for `cfg.method` over the model's parameter groups (None for fixed)."""
+    if cfg.method == "fixed":
+        return None
+    if cfg.method == "hypergradient":
+        return HypergradientDescent(cfg, groups, warmup_steps)
+    return DoubleLoopController(cfg, groups, warmup_steps)
+
+
+class WindowStats:
+    """What every adapter tracks between decisions: the hypergradient meter, loss and
+    accuracy EMAs, progress, and whether the window saw only finite statistics."""
+
+    def __init__(self, cfg: ControllerConfig, groups: list[str]):
+        self.cfg = cfg
+        self.meter = HypergradientMeter(groups)
+        self.loss_ema = self.acc_ema = float("nan")
+        self.ok = True
+        self.progress = 0.0
+
+    def observe(self, stats: dict) -> None:
+        loss, acc = float(stats["loss"]), float(stats["accuracy"])
+        self.progress = float(stats.get("progress", self.progress))
+        if not (stats["finite"] and math.isfinite(loss) and loss > 0):
+            self.ok = False
+            return
+        d = self.cfg.loss_ema
+        self.loss_ema = loss if math.isnan(self.loss_ema) else d * self.loss_ema + (1 - d) * loss
+        self.acc_ema = acc if math.isnan(self.acc_ema) else d * self.acc_ema + (1 - d) * acc
+
+    def close(self) -> tuple[dict, bool]:
+        """The window's per-group means (one host sync) and whether all were finite."""
+        stats = self.meter.read()
+        ok = self.ok and all(bool(torch.isfinite(v).all()) for v in stats.values())
+        ok = ok and math.isfinite(self.loss_ema) and math.isfinite(self.acc_ema)
+        self.ok = True
+        return stats, ok
+
+    def state_dict(self) -> dict:
+        return {
+            "meter": self.meter.state_dict(),
+            "loss_ema": self.loss_ema,
+            "acc_ema": self.acc_ema,
+            "ok": self.ok,
+            "progress": self.progress,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.meter.load_state_dict(state["meter"])
+        self.loss_ema, self.acc_ema = state["loss_ema"], state["acc_ema"]
+        self.ok, self.progress = state["ok"], state["progress"]
+
+
+def _as_dict(groups: list[str], log_scales: torch.Tensor) -> dict[str, float]:
+    return {g: math.exp(float(a)) for g, a in zip(groups, log_scales, strict=True)}
+
+
+def _trace_row(step: int, groups, a, b, stats: dict, fallback: bool, **extra) -> dict:
+    row = {"step": step, "fallback": float(fallback)}
+    for i, g in enumerate(groups):
+        row[f"lr_scale/{g}"] = math.exp(float(a[i]))
+        row[f"wd_scale/{g}"] = math.exp(float(b[i]))
+        cos = float(stats["lr_cosine"][i])
+        row[f"lr_cosine/{g}"] = cos if math.isfinite(cos) else 0.0
+    return {**row, **{k: v for k, v in extra.items() if math.isfinite(v)}}  # no NaN before the first meta step
+
+
+def _check_state(state: dict, method: str, groups: list[str]) -> None:
+    if state.get("method") != method:
+        raise ValueError(f"checkpoint holds a {state.get('method')!r} adapter, not {method!r}")
+    if list(state["groups"]) != groups:
+        raise ValueError(f"controller state is for groups {state['groups']}, this model has {groups}")
+
+
+class HypergradientDescent:
+    """Plain HD, no LSTM: the multiplicative rule on each group's log LR scale."""
+
+    def __init__(self, cfg: ControllerConfig, groups: list[str], warmup_steps: int):
+        self.cfg, self.groups, self.warmup_steps = cfg, list(groups), warmup_steps
+        self.window = WindowStats(cfg, self.groups)
+        self.a = torch.zeros(len(self.groups), dtype=torch.float64)  # log LR scale per group
+        self.b = torch.zeros(len(self.groups), dtype=torch.float64)  # WD is not adapted here
+        self.trace: list[dict] = []
+
+    def scales(self) -> dict[str, float]:
+        return _as_dict(self.groups, self.a)
+
+    def weight_decay_scales(self) -> dict[str, float]:
+        return _as_dict(self.groups, self.b)
+
+    def observe(self, step: int, stats: dict, optimizer) -> None:
+        self.window.observe(stats)
+
+    def before_step(self, step: int, optimizer) -> None:
+        """Measure the previous step's hypergradient; update the scales at window ends."""
+        if step % self.cfg.measure_every == 0:
+            self.window.meter.measure(optimizer)
+        if step == 0 or step % self.cfg.every:
+            return
+        stats, ok = self.window.close()
+        if not ok:
+            self.a.zero_()
+            logger.warning("hypergradient: non-finite statistics at step %d, scales reset to 1", step)
+        elif step >= self.warmup_steps:
+            # Baydin's per-step rule summed over the window's `every` steps (the mean of
+            # the measured steps stands in for the unmeasured ones).
+            delta = self.cfg.hypergradient_lr * stats["lr_cosine"] * self.cfg.every
+            self.a = (self.a - delta).clamp(-self.cfg.max_log_scale, self.cfg.max_log_scale)
+        self.trace.append(_trace_row(step, self.groups, self.a, self.b, stats, fallback=not ok))
+
+    def state_dict(self) -> dict:
+        return {
+            "method": "hypergradient",
+            "groups": list(self.groups),
+            "window": self.window.state_dict(),
+            "a": self.a.clone(),
+            "trace": [dict(r) for r in self.trace],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_state(state, "hypergradient", self.groups)
+        self.window.load_state_dict(state["window"])
+        self.a = state["a"].clone()
+        self.trace = [dict(r) for r in state["trace"]]
+
+
+class ControllerNet(nn.Module):
+    """LSTM cell shared by the groups (one batch row each, plus a group one-hot)."""
+
+    def __init__(self, n_groups: int, hidden: int):
+        super().__init__()
+        self.n_groups = n_groups
+        self.cell = nn.LSTMCell(len(FEATURES) + n_groups, hidden)
+        self.act = nn.Linear(hidden, 2)  # (o_lr, o_wd) per group
+        self.meta = nn.Linear(hidden, 1)  # next window's change in log loss
+        nn.init.zeros_(self.act.weight)  # start at scale 1
+        nn.init.zeros_(self.act.bias)
+
+    def forward(self, x: torch.Tensor, hc: tuple[torch.Tensor, torch.Tensor]):
+        onehot = torch.eye(self.n_groups, dtype=x.dtype)
+        h, c = self.cell(torch.cat([x, onehot], 1), hc)  # (G, H)
+        return self.act(h), self.meta(h).mean(), (h, c)
+
+
+class DoubleLoopController:
+    """The LSTM meta-controller, trained online from accumulated hypergradients."""
+
+    def __init__(self, cfg: ControllerConfig, groups: list[str], warmup_steps: int):
+        self.cfg, self.groups, self.warmup_steps = cfg, list(groups), warmup_steps
+        self.window = WindowStats(cfg, self.groups)
+        n = len(self.groups)
+        self.a = torch.zeros(n, dtype=torch.float64)  # log LR scale per group
+        self.b = torch.zeros(n, dtype=torch.float64)  # log WD scale per group
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.net = ControllerNet(n, cfg.hidden).double()
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.meta_lr)
+        zeros = torch.zeros(n, cfg.hidden, dtype=torch.float64)
+        self.hc = (zeros.clone(), zeros.clone())
+        self.norm_mean = torch.zeros(n, NORMALISED, dtype=torch.float64)
+        self.norm_sq = torch.zeros(n, NORMALISED, dtype=torch.float64)
+        self.norm_weight = 0.0  # bias correction of the EMA normalisers
+        # Inputs of the forward that chose the current scales: the next meta update
+        # recomputes it (a few hundred flops) instead of holding a graph across steps.
+        self.prev: dict | None = None
+        self.last_log_loss = float("nan")
+        self.meta_error = self.meta_loss = float("nan")
+        self.trace: list[dict] = []
+
+    def scales(self) -> dict[str, float]:
+        return _as_dict(self.groups, self.a)
+
+    def weight_decay_scales(self) -> dict[str, float]:
+        return _as_dict(self.groups, self.b)
+
+    def observe(self, step: int, stats: dict, optimizer) -> None:
+        self.window.observe(stats)
+
+    def before_step(self, step: int, optimizer) -> None:
+        """Measure the previous step's hypergradient; decide at window ends."""
+        if step % self.cfg.measure_every == 0:
+            self.window.meter.measure(optimizer)
+        if step == 0 or step % self.cfg.every:
+            return
+        stats, ok = self.window.close()
+        if ok:
+            self._decide(stats, frozen=step < self.warmup_steps)
+        else:
+            self.a.zero_()
+            self.b.zero_()
+            self.prev = None  # this window's scales were not the network's choice
+            logger.warning("double-loop controller: non-finite statistics at step %d, scales reset to 1", step)
+        self.trace.append(
+            _trace_row(
+                step, self.groups, self.a, self.b, stats, fallback=not ok,
+                meta_prediction_error=self.meta_error, meta_loss=self.meta_loss,
+            )
+        )
+
+    def _features(self, stats: dict) -> torch.Tensor:
+        n = len(self.groups)
+        log_loss = math.log(self.window.loss_ema)
+        slope = 0.0 if math.isnan(self.last_log_loss) else log_loss - self.last_log_loss
+        raw = torch.stack(
+            [
+                torch.full((n,), log_loss, dtype=torch.float64),
+                torch.full((n,), slope, dtype=torch.float64),
+                torch.full((n,), self.window.acc_ema, dtype=torch.float64),
+                stats["log_grad_norm"],
+                stats["log_update_ratio"],
+            ],
+            1,
+        )  # (G, NORMALISED)
+        d = self.cfg.norm_decay
+        self.norm_mean = d * self.norm_mean + (1 - d) * raw
+        self.norm_sq = d * self.norm_sq + (1 - d) * raw.square()
+        self.norm_weight = d * self.norm_weight + (1 - d)
+        mean = self.norm_mean / self.norm_weight
+        var = (self.norm_sq / self.norm_weight - mean.square()).clamp_min(0)
+        normalised = ((raw - mean) / (var + 1e-4).sqrt()).clamp(-5, 5)
+        bounded = torch.stack(
+            [
+                stats["lr_cosine"].clamp(-1, 1),
+                self.a / self.cfg.max_log_scale,
+                torch.full((n,), self.window.progress, dtype=torch.float64),
+            ],
+            1,
+        )
+        return torch.cat([normalised, bounded], 1)  # (G, len(FEATURES))
+
+    def _bounded(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            self.cfg.max_log_scale * torch.tanh(out[:, 0]),
+            self.cfg.max_log_wd_scale * torch.tanh(out[:, 1]),
+        )
+
+    def _decide(self, stats: dict, frozen: bool) -> None:
+        x = self._features(stats)  # normalisers learn during warm-up too
+        log_loss = math.log(self.window.loss_ema)
+        if not frozen:
+            if self.prev is not None:
+                self._meta_update(stats, target=log_loss - self.last_log_loss)
+            with torch.no_grad():
+                out, _, hc = self.net(x, self.hc)
+            self.prev = {"x": x, "h": self.hc[0], "c": self.hc[1]}
+            self.hc = hc
+            self.a, self.b = (v.clone() for v in self._bounded(out))
+        self.last_log_loss = log_loss
+
+    def _meta_update(self, stats: dict, target: float) -> None:
+        """One Adam step on the controller: the window's hypergradients (dL/da_g,
+        normalised) flow back through the outputs that set this window's scales."""
+        out, pred, _ = self.net(self.prev["x"], (self.prev["h"], self.prev["c"]))
+        a, b = self._bounded(out)
+        loss = (stats["lr_cosine"].clamp(-1, 1) * a).mean() + self.cfg.scale_reg * a.square().mean()
+        if self.cfg.max_log_wd_scale > 0:
+            loss = loss + (stats["wd_cosine"].clamp(-1, 1) * b).mean() + self.cfg.scale_reg * b.square().mean()
+        meta = (pred - target) ** 2  # the meta head: next window's change in log loss
+        self.opt.zero_grad(set_to_none=True)
+        (loss + meta).backward()
+        nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+        self.opt.step()
+        self.meta_error = float(pred.detach()) - target
+        self.meta_loss = float(loss.detach())
+
+    def state_dict(self) -> dict:
+        return {
+            "method": "double_loop",
+            "groups": list(self.groups),
+            "window": self.window.state_dict(),
+            "a": self.a.clone(),
+            "b": self.b.clone(),
+            "net": self.net.state_dict(),
+            "opt": self.opt.state_dict(),
+            "h": self.hc[0].clone(),
+            "c": self.hc[1].clone(),
+            "norm_mean": self.norm_mean.clone(),
+            "norm_sq": self.norm_sq.clone(),
+            "norm_weight": self.norm_weight,
+            "prev": None if self.prev is None else {k: v.clone() for k, v in self.prev.items()},
+            "last_log_loss": self.last_log_loss,
+            "meta_error": self.meta_error,
+            "meta_loss": self.meta_loss,
+            "trace": [dict(r) for r in self.trace],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_state(state, "double_loop", self.groups)
+        self.window.load_state_dict(state["window"])
+        self.a, self.b = state["a"].clone(), state["b"].clone()
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.hc = (state["h"].clone(), state["c"].clone())
+        self.norm_mean, self.norm_sq = state["norm_mean"].clone(), state["norm_sq"].clone()
+        self.norm_weight = state["norm_weight"]
+        self.prev = None if state["prev"] is None else {k: v.clone() for k, v in state["prev"].items()}
+        self.last_log_loss = state["last_log_loss"]
+        self.meta_error, self.meta_loss = state["meta_error"], state["meta_loss"]
+        self.trace = [dict(r) for r in state["trace"]]
+
+
+def decision_history(trace: list[dict], prefix: str = "controller/") -> dict[str, list[dict]]:
+    """The trace as MLflow metric history: {name: [{"step": s, "value": v}, ...]}."""
+    history: dict[str, list[dict]] = {}
+    for row in trace:
+        for key, value in row.items():
+            if key != "step" and math.isfinite(value):
+                history.setdefault(prefix + key, []).append({"step": int(row["step"]), "value": float(value)})
+    return history

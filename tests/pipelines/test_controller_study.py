@@ -1,0 +1,82 @@
+import matplotlib.pyplot as plt
+import pytest
+from conftest import run_pipeline
+
+from multimodal_doubleloop.pipelines import controller_study, training
+from multimodal_doubleloop.pipelines.controller_study.nodes import StudyConfig
+from multimodal_doubleloop.pipelines.training.nodes import plot_controller_decisions
+
+
+def _inputs(samples, images, tokenized, model_params, training_params, **extra):
+    return {
+        "samples": samples,
+        "images": images,
+        "encoded_texts": tokenized["encoded_texts"],
+        "answer_vocab": tokenized["answer_vocab"],
+        "tokenizer": tokenized["tokenizer"],
+        "params:model": model_params,
+        "params:training": training_params,
+        **extra,
+    }
+
+
+def test_controller_study_on_memory_catalog(samples, images, tokenized, model_params, training_params):
+    study = {
+        "base_lrs": [1e-4, 1e-2],
+        "methods": ["fixed", "hypergradient", "double_loop"],
+        "model_preset": "tiny",
+        "training": {"max_steps": 4, "warmup_steps": 1, "images_per_batch": 4, "checkpoint_every": 0,
+                     "resume": False, "log_every": 1},
+        "controller": {"every": 2, "measure_every": 1, "meta_lr": 0.05},
+        "test_images": 6,
+    }
+    inputs = _inputs(samples, images, tokenized, model_params, training_params,
+                     **{"params:controller_study": study})
+    catalog = run_pipeline(controller_study.create_pipeline(), inputs)
+    table = catalog.load("controller_study_table")
+    assert list(table[["method", "base_lr"]].itertuples(index=False, name=None)) == [
+        (m, lr) for lr in (1e-4, 1e-2) for m in ("fixed", "hypergradient", "double_loop")
+    ]
+    assert table["test_accuracy"].between(0, 1).all() and (table["steps"] == 4).all()
+    assert table["test_questions"].nunique() == 1 and table["test_questions"].iloc[0] < 100
+    assert isinstance(catalog.load("controller_study_plot"), plt.Figure)
+    runs = catalog.load("controller_study_runs")
+    assert set(runs) == {f"{m}_lr{lr:g}" for lr in (1e-4, 1e-2) for m in ("fixed", "hypergradient", "double_loop")}
+    adaptive = runs["double_loop_lr0.01"]
+    assert adaptive["tags"] == {"study": "controller_study", "method": "double_loop", "base_lr": 1e-2}
+    assert [p["step"] for p in adaptive["metrics"]["controller/lr_scale/heads"]] == [2]
+    assert not any(k.startswith("controller/") for k in runs["fixed_lr0.01"]["metrics"])
+    # Same seed, same data: the fixed and adaptive cells agree until the first decision.
+    cells = catalog.load("controller_study_cells")
+    losses = {c["method"]: c["curves"]["step_loss"] for c in cells if c["base_lr"] == 1e-2}
+    assert losses["fixed"][:2] == losses["hypergradient"][:2] == losses["double_loop"][:2]
+
+
+def test_study_config_fails_loudly():
+    with pytest.raises(ValueError, match="use a subset of"):
+        StudyConfig(methods=["fixed", "adam"])
+    with pytest.raises(ValueError, match=r"sets \['lr'\]"):
+        StudyConfig(training={"lr": 1e-3})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['base_lr'\]"):
+        StudyConfig.from_dict({"base_lr": [1e-3]})
+
+
+def test_training_pipeline_reports_controller_decisions(
+    samples, images, tokenized, model_params, training_params, tasks_params
+):
+    params = {**training_params, "max_steps": 6, "checkpoint_every": 0,
+              "controller": {"method": "double_loop", "every": 2, "measure_every": 2}}
+    inputs = _inputs(samples, images, tokenized, model_params, params, **{"params:tasks": tasks_params})
+    catalog = run_pipeline(training.create_pipeline(), inputs)
+    curves = catalog.load("training_curves")
+    assert [p["step"] for p in curves["controller/lr_scale/vision"]] == [2, 4]
+    assert all(0.25 <= p["value"] <= 4 for p in curves["controller/wd_scale/text"])
+    figure = catalog.load("controller_decisions_plot")
+    assert [ax.get_legend() is not None for ax in figure.axes] == [True, True]
+
+
+def test_decisions_plot_accepts_one_point_histories_and_no_controller():
+    figure = plot_controller_decisions({"controller/lr_scale/heads": {"step": 4, "value": 2.0}, "lr": []})
+    assert figure.axes[0].get_legend() is not None
+    off = plot_controller_decisions({"train_loss": [{"step": 0, "value": 1.0}]})
+    assert "controller off" in off.axes[0].texts[0].get_text()

@@ -1,0 +1,259 @@
+import copy
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from multimodal_doubleloop.data.batching import encoded_split
+from multimodal_doubleloop.data.images import image_store
+from multimodal_doubleloop.models import ModelConfig, build_model
+from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
+from multimodal_doubleloop.training.config import TrainConfig
+from multimodal_doubleloop.training.controller import (
+    ControllerConfig,
+    DoubleLoopController,
+    HypergradientDescent,
+    build_adapter,
+    decision_history,
+)
+from multimodal_doubleloop.training.hypergradient import HypergradientMeter
+from multimodal_doubleloop.training.loop import make_optimizer, train
+
+BOUND = math.log(4.0)
+
+
+class Tiny(nn.Module):
+    """Two named parameter groups, as `MultimodalModel.parameter_groups` gives them."""
+
+    def __init__(self, dtype=torch.float32):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Linear(6, 8, dtype=dtype)
+        self.head = nn.Linear(8, 3, dtype=dtype)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(x)))
+
+    def parameter_groups(self):
+        return {"vision": list(self.body.parameters()), "heads": list(self.head.parameters())}
+
+
+def _batch(i: int, dtype=torch.float32):
+    g = torch.Generator().manual_seed(i)
+    x = torch.randn(16, 6, generator=g, dtype=dtype)
+    return x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+
+
+def _loss(model, i: int) -> torch.Tensor:
+    x, y = _batch(i, next(model.parameters()).dtype)
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def _optimizer(model, lr=0.05, wd=0.1):
+    return make_optimizer(model, TrainConfig(lr=lr, weight_decay=wd), torch.device("cpu"))
+
+
+def _drive(adapter, model, opt, steps: int, lr: float, poison_at: int | None = None, start: int = 0) -> None:
+    """The loop's call order: backward, before_step, set lr/wd from the scales, step, observe."""
+    for step in range(start, steps):
+        opt.zero_grad(set_to_none=True)
+        loss = _loss(model, step)
+        loss.backward()
+        if step == poison_at:
+            model.body.weight.grad[0, 0] = float("nan")
+        adapter.before_step(step, opt)
+        scales, wd_scales = adapter.scales(), adapter.weight_decay_scales()
+        for group in opt.param_groups:
+            group["lr"] = lr * scales[group["name"]]
+            group["weight_decay"] = group["base_wd"] * wd_scales[group["name"]]
+        finite = step != poison_at
+        if finite:
+            opt.step()
+        adapter.observe(step + 1, {"loss": loss.item(), "accuracy": 0.5, "finite": finite}, opt)
+
+
+@pytest.mark.parametrize("field, key", [("hypergradient", "lr"), ("wd_hypergradient", "weight_decay")])
+def test_hypergradient_matches_finite_difference(field, key):
+    """dL(theta_{t+1})/d log(lr_g or wd_g) from the optimiser state equals a central
+    difference of the loss after a perturbed AdamW step."""
+    model = Tiny(torch.float64)
+    opt = _optimizer(model)
+    for i in range(3):  # non-trivial Adam moments and bias corrections
+        opt.zero_grad()
+        _loss(model, i).backward()
+        opt.step()
+    before_model, before_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+
+    def loss_after_step(group_name: str, log_factor: float) -> float:
+        model.load_state_dict(before_model)
+        opt.load_state_dict(copy.deepcopy(before_opt))  # AdamW steps its "step" tensor in place
+        for group in opt.param_groups:
+            if group["name"] == group_name:
+                group[key] *= math.exp(log_factor)
+        opt.zero_grad()
+        _loss(model, 3).backward()
+        opt.step()
+        return _loss(model, 4).item()
+
+    loss_after_step("none", 0.0)  # the unperturbed step t
+    opt.zero_grad()
+    _loss(model, 4).backward()  # g_{t+1}
+    meter = HypergradientMeter(["vision", "heads"])
+    meter.measure(opt)
+    measured = meter.read()[field]
+    eps = 1e-4
+    for i, name in enumerate(["vision", "heads"]):
+        fd = (loss_after_step(name, eps) - loss_after_step(name, -eps)) / (2 * eps)
+        assert abs(measured[i].item()) > 1e-6  # a real signal, not 0 == 0
+        assert measured[i].item() == pytest.approx(fd, rel=1e-5, abs=1e-10)
+
+
+@pytest.mark.parametrize("lr", [1e-6, 5.0])
+@pytest.mark.parametrize("method", ["hypergradient", "double_loop"])
+def test_scales_stay_within_bounds(method, lr):
+    """Far too small / large base LRs push the scales hard; they never leave [1/4, 4]."""
+    cfg = ControllerConfig(method=method, every=2, measure_every=1, hypergradient_lr=0.5, meta_lr=0.5, scale_reg=0.0)
+    model = Tiny()
+    opt = _optimizer(model, lr=lr)
+    adapter = build_adapter(cfg, ["vision", "heads"], warmup_steps=2)
+    _drive(adapter, model, opt, steps=60, lr=lr)
+    scales = [r[k] for r in adapter.trace for k in r if "_scale/" in k]
+    assert scales and all(0.25 - 1e-12 <= s <= 4.0 + 1e-12 for s in scales)
+    moved = max(abs(math.log(s)) for s in scales)
+    assert moved > 0.3, f"{method} did not react to base lr {lr}"
+
+
+def test_tiny_lr_is_raised_by_hypergradient_descent():
+    cfg = ControllerConfig(method="hypergradient", every=2, measure_every=1, hypergradient_lr=0.1)
+    model = Tiny()
+    opt = _optimizer(model, lr=1e-5)
+    adapter = build_adapter(cfg, ["vision", "heads"], warmup_steps=0)
+    _drive(adapter, model, opt, steps=40, lr=1e-5)
+    assert all(s > 2.0 for s in adapter.scales().values())
+
+
+@pytest.mark.parametrize("poison", ["gradient", "loss"])
+@pytest.mark.parametrize("method", ["hypergradient", "double_loop"])
+def test_non_finite_statistics_give_scale_one(method, poison):
+    cfg = ControllerConfig(method=method, every=4, measure_every=1, hypergradient_lr=0.2, meta_lr=0.2)
+    model = Tiny()
+    opt = _optimizer(model, lr=1e-5)
+    adapter = build_adapter(cfg, ["vision", "heads"], warmup_steps=0)
+    _drive(adapter, model, opt, steps=21, lr=1e-5)  # the decision at step 20 moves the scales
+    assert any(abs(s - 1.0) > 1e-3 for s in adapter.scales().values())
+    for step in (21, 22, 23):
+        opt.zero_grad()
+        _loss(model, step).backward()
+        bad = step == 22
+        if bad and poison == "gradient":
+            model.head.bias.grad[0] = float("inf")
+        adapter.before_step(step, opt)
+        if not bad:
+            opt.step()
+        loss = float("nan") if bad and poison == "loss" else 1.0
+        adapter.observe(step + 1, {"loss": loss, "accuracy": 0.5, "finite": not bad}, opt)
+    opt.zero_grad()
+    _loss(model, 24).backward()
+    adapter.before_step(24, opt)  # window end after the bad step
+    assert adapter.scales() == {"vision": 1.0, "heads": 1.0}
+    assert adapter.weight_decay_scales() == {"vision": 1.0, "heads": 1.0}
+    assert adapter.trace[-1]["fallback"] == 1.0
+
+
+def test_frozen_during_warmup():
+    cfg = ControllerConfig(method="double_loop", every=2, measure_every=1, meta_lr=0.5)
+    model = Tiny()
+    opt = _optimizer(model, lr=1e-5)
+    adapter = build_adapter(cfg, ["vision", "heads"], warmup_steps=10)
+    _drive(adapter, model, opt, steps=11, lr=1e-5)
+    assert [r["step"] for r in adapter.trace] == [2, 4, 6, 8, 10]
+    assert all(r["lr_scale/vision"] == 1.0 for r in adapter.trace[:4])
+
+
+@pytest.mark.parametrize("cls", [HypergradientDescent, DoubleLoopController])
+def test_state_dict_round_trips_through_torch_save(cls):
+    cfg = ControllerConfig(every=3, measure_every=1)
+    model, other = Tiny(), Tiny()
+    a, b = cls(cfg, ["vision", "heads"], 0), cls(cfg, ["vision", "heads"], 0)
+    opt_a = _optimizer(model, lr=1e-4)
+    _drive(a, model, opt_a, steps=10, lr=1e-4)
+    buffer = io.BytesIO()
+    torch.save(a.state_dict(), buffer)
+    b.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    other.load_state_dict(model.state_dict())
+    opt_b = _optimizer(other, lr=1e-4)
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))  # AdamW steps "step" in place
+    _drive(a, model, opt_a, steps=19, lr=1e-4, start=10)
+    _drive(b, other, opt_b, steps=19, lr=1e-4, start=10)
+    assert a.trace == b.trace and len(a.trace) == 6
+
+
+@pytest.mark.parametrize("method", ["hypergradient", "double_loop"])
+def test_resume_from_checkpoint_gives_identical_decisions(
+    method, samples, images, tokenized, model_params, tmp_path
+):
+    """An interrupted run resumed from its checkpoint decides exactly as an
+    uninterrupted one (controller state, optimiser and meter all restored)."""
+    answer_vocab, encoded = tokenized["answer_vocab"], tokenized["encoded_texts"]
+    config = resolve_model_config(model_params, 200, encoded["input_ids"].shape[1], len(answer_vocab))
+    split = encoded_split(samples, encoded, images["image_ids"], answer_vocab, "train")
+    store = image_store(images)
+
+    class Crash(RuntimeError):
+        pass
+
+    class CrashAt:
+        """Delegates to the adapter and dies before step `at`, like a killed job."""
+
+        def __init__(self, adapter, at):
+            self.adapter, self.at = adapter, at
+
+        def before_step(self, step, optimizer):
+            if step == self.at:
+                raise Crash(step)
+            self.adapter.before_step(step, optimizer)
+
+        def __getattr__(self, name):
+            return getattr(self.adapter, name)
+
+    def run(directory: str, crash_at: int | None = None):
+        cfg = TrainConfig(
+            epochs=2, images_per_batch=2, lr=3e-3, warmup_steps=2, max_steps=14,
+            checkpoint_dir=directory, checkpoint_every=5, progress_bar=False,
+            controller={"method": method, "every": 2, "measure_every": 1, "meta_lr": 0.05},
+        )
+        torch.manual_seed(0)
+        model = build_model(ModelConfig.from_dict(config))
+        adapter = build_adapter(cfg.controller, list(model.parameter_groups()), cfg.warmup_steps)
+        wrapped = adapter if crash_at is None else CrashAt(adapter, crash_at)
+        train(model, split, None, store, cfg, {"training": cfg.to_dict()}, wrapped)
+        return adapter.trace, model.state_dict()
+
+    straight, weights = run(str(tmp_path / "straight"))
+    with pytest.raises(Crash):
+        run(str(tmp_path / "resumed"), crash_at=7)  # the newest checkpoint is step 5
+    resumed, resumed_weights = run(str(tmp_path / "resumed"))
+    assert [r["step"] for r in straight] == [2, 4, 6, 8, 10, 12]
+    assert resumed == straight
+    assert all(torch.equal(weights[k], resumed_weights[k]) for k in weights)
+    assert any(abs(r["lr_scale/vision"] - 1.0) > 1e-6 for r in straight)
+
+
+def test_decision_history_is_mlflow_metric_history():
+    trace = [{"step": 4, "lr_scale/text": 1.5, "meta_loss": float("nan")}, {"step": 8, "lr_scale/text": 2.0}]
+    assert decision_history(trace) == {
+        "controller/lr_scale/text": [{"step": 4, "value": 1.5}, {"step": 8, "value": 2.0}]
+    }
+
+
+def test_config_fails_loudly():
+    with pytest.raises(ValueError, match="method='lstm'"):
+        ControllerConfig(method="lstm")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['evry'\] in training.controller"):
+        TrainConfig(controller={"evry": 3})
+    with pytest.raises(ValueError, match="measure_every=4"):
+        ControllerConfig(every=10, measure_every=4)
+    with pytest.raises(ValueError, match="every=0"):
+        TrainConfig.from_dict({"controller": {"every": 0}})
