@@ -36,6 +36,18 @@ def ingestion_params() -> dict:
     }
 
 
+@pytest.fixture
+def tasks_params() -> dict:
+    """The project's task definitions (conf/base/parameters_tasks.yml), default active."""
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "conf/base/parameters_tasks.yml"
+    return copy.deepcopy(yaml.safe_load(path.read_text())["tasks"])
+
+
 @pytest.fixture(scope="session")
 def tokenization_params() -> dict:
     return {"vocab_size": 200, "min_frequency": 1, "max_length": 16}

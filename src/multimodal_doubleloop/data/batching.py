@@ -6,7 +6,7 @@ tokens cross-attend to its own image's tokens through `image_index`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ class EncodedSplit:
     input_ids: torch.Tensor  # (S, T) int64, padded with pad_id
     attention_mask: torch.Tensor  # (S, T) int64
     labels: torch.Tensor  # (S,) int64 answer index, -1 where unknown
+    # Per-sample targets of the tasks beyond the answer (training.tasks), keyed as the
+    # batch carries them ("target.<task>"); empty for answer classification alone.
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -80,19 +83,26 @@ class ImageMajorBatches:
 
 
 def collate(split: EncodedSplit, images, sample_idx: np.ndarray) -> dict[str, torch.Tensor]:
-    """Build a model batch: unique images once, texts trimmed to the longest in batch."""
+    """Build a model batch: unique images once, texts trimmed to the longest in batch.
+
+    A split with task targets adds them and "image_rows" (M,), each batch image's row
+    in the image store."""
     idx = torch.as_tensor(sample_idx)
     rows = split.image_rows[idx]
     unique_rows, image_index = torch.unique(rows, return_inverse=True)
     mask = split.attention_mask[idx]
     length = max(int(mask.sum(1).max()), 1)
-    return {
+    batch = {
         "images": images.get(unique_rows),  # (M, 3, H, W)
         "image_index": image_index,  # (B,)
         "input_ids": split.input_ids[idx, :length],  # (B, T)
         "attention_mask": mask[:, :length],  # (B, T)
         "labels": split.labels[idx],  # (B,)
     }
+    if split.targets:
+        batch["image_rows"] = unique_rows  # (M,)
+        batch.update({key: target[idx] for key, target in split.targets.items()})
+    return batch
 
 
 class BatchDataset(torch.utils.data.Dataset):
@@ -119,7 +129,7 @@ def encoded_split(table, encoded: dict, image_ids, answer_vocab: list[str], spli
     """Select one split of the table as tensors; answers outside the vocabulary get -1."""
     mask = (table["split"] == split).to_numpy()
     answer_index = {a: i for i, a in enumerate(answer_vocab)}
-    labels = table.loc[mask, "answer"].map(answer_index).fillna(-1).to_numpy(dtype=np.int64)
+    labels = table.loc[mask, "answer"].map(answer_index).fillna(-1).to_numpy(dtype=np.int64, copy=True)
     return EncodedSplit(
         image_rows=image_rows(table.loc[mask], image_ids),
         input_ids=torch.as_tensor(encoded["input_ids"][mask], dtype=torch.long),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2
 
 
 def decode_image(path: str, size: int) -> np.ndarray:
@@ -36,36 +38,100 @@ def to_float(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.permute(0, 3, 1, 2).float().div_(255.0)
 
 
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation (torchvision transforms v2); all off by default."""
+
+    hflip: float = 0.0  # probability of a horizontal flip
+    crop_scale: tuple[float, float] = (1.0, 1.0)  # RandomResizedCrop area range; (1, 1) = none
+    color_jitter: float = 0.0  # brightness, contrast and saturation jitter strength; 0 = none
+
+    def __post_init__(self):
+        self.crop_scale = tuple(self.crop_scale)
+        lo, hi = self.crop_scale
+        if not (0 <= self.hflip <= 1 and 0 < lo <= hi <= 1 and 0 <= self.color_jitter < 1):
+            raise ValueError(
+                f"augment: hflip={self.hflip} must be in [0, 1], crop_scale={self.crop_scale} "
+                f"in (0, 1] ascending, color_jitter={self.color_jitter} in [0, 1)"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.hflip > 0 or self.crop_scale != (1.0, 1.0) or self.color_jitter > 0
+
+    def transform(self, size: int) -> v2.Compose:
+        """uint8 or float (3, H, W) -> augmented (3, size, size), same dtype."""
+        ops = []
+        if self.crop_scale != (1.0, 1.0):
+            ops.append(v2.RandomResizedCrop((size, size), scale=self.crop_scale, antialias=True))
+        else:
+            ops.append(v2.Resize((size, size), antialias=True))
+        if self.hflip > 0:
+            ops.append(v2.RandomHorizontalFlip(self.hflip))
+        if self.color_jitter > 0:
+            j = self.color_jitter
+            ops.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j))
+        return v2.Compose(ops)
+
+
 class InMemoryImages:
     """All images decoded once, kept as a uint8 tensor (N, H, W, 3)."""
 
-    def __init__(self, pixels: np.ndarray):
+    def __init__(self, pixels: np.ndarray, augment: AugmentConfig | None = None):
         self.pixels = torch.from_numpy(np.ascontiguousarray(pixels))
+        self.augment = augment if augment is not None and augment.enabled else None
+        if self.augment is not None:
+            self._transform = self.augment.transform(self.pixels.shape[1])
 
     def __len__(self) -> int:
         return len(self.pixels)
 
     def get(self, rows: torch.Tensor) -> torch.Tensor:
-        return to_float(self.pixels[rows])
+        images = to_float(self.pixels[rows])  # (M, 3, H, W)
+        if self.augment is None:
+            return images
+        return torch.stack([self._transform(im) for im in images])  # each image drawn anew
 
 
 class LazyImages:
-    """Decode from disk on demand (in DataLoader workers), so memory stays flat."""
+    """Decode from disk on demand, in DataLoader workers, so memory stays flat as the
+    data grows: the store holds only paths, in one numpy array (no per-path Python
+    objects whose reference counts would copy pages into every forked worker)."""
 
-    def __init__(self, paths: Sequence[str], size: int):
-        self.paths, self.size = list(paths), size
+    def __init__(self, paths: Sequence[str], size: int, augment: AugmentConfig | None = None):
+        self.paths = np.asarray(paths, dtype=np.str_)
+        self.size = size
+        self.augment = augment if augment is not None and augment.enabled else None
+        self._transform = (self.augment or AugmentConfig()).transform(size)
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def decode(self, path: str) -> torch.Tensor:
+        """One image as uint8 (3, size, size) through the transform. JPEGs are decoded
+        straight at the smallest DCT scale still >= size (PIL `draft`), which makes
+        COCO-sized photos several times cheaper."""
+        try:
+            with Image.open(path) as im:
+                im.draft("RGB", (self.size, self.size))
+                pixels = v2.functional.pil_to_tensor(im.convert("RGB"))  # (3, H, W) uint8
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"image file not found: {path}") from exc
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"cannot decode image {path}: {exc}") from exc
+        return self._transform(pixels)
+
     def get(self, rows: torch.Tensor) -> torch.Tensor:
-        pixels = np.stack([decode_image(self.paths[int(r)], self.size) for r in rows])
-        return to_float(torch.from_numpy(pixels))
+        pixels = torch.stack([self.decode(str(self.paths[int(r)])) for r in rows])
+        return pixels.float().div_(255.0)  # (M, 3, size, size)
 
 
-def build_image_index(table, size: int, in_memory: bool) -> dict:
+def build_image_index(
+    table, size: int, in_memory: bool, augment: AugmentConfig | None = None
+) -> dict:
     """The image data of a sample table: unique images in first-seen order, decoded
-    into memory when `in_memory` (small data sets) or left as paths to decode lazily."""
+    into memory when `in_memory` (small data sets) or left as paths to decode lazily,
+    and the training augmentation."""
     unique = table.drop_duplicates("image_id")
     paths = unique["image_path"].tolist()
     return {
@@ -73,10 +139,13 @@ def build_image_index(table, size: int, in_memory: bool) -> dict:
         "paths": paths,
         "size": size,
         "pixels": decode_all(paths, size) if in_memory else None,
+        "augment": asdict(augment or AugmentConfig()),
     }
 
 
-def image_store(images: dict) -> InMemoryImages | LazyImages:
+def image_store(images: dict, train: bool = False) -> InMemoryImages | LazyImages:
+    """The store of an image index; `train=True` applies its augmentation."""
+    augment = AugmentConfig(**images["augment"]) if train and images.get("augment") else None
     if images.get("pixels") is not None:
-        return InMemoryImages(images["pixels"])
-    return LazyImages(images["paths"], images["size"])
+        return InMemoryImages(images["pixels"], augment)
+    return LazyImages(images["paths"], images["size"], augment)

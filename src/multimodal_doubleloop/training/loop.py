@@ -11,7 +11,6 @@ import logging
 import math
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -21,11 +20,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.batching import BatchDataset, EncodedSplit, ImageMajorBatches, collate
-from ..models.losses import classification_loss, total
+from ..models.losses import total
 from .checkpoint import CheckpointError, load_latest, save_checkpoint
 from .config import TrainConfig
 from .precision import resolve_device, resolve_precision
 from .schedule import lr_at
+from .tasks import TaskSet
 
 logger = logging.getLogger(__name__)
 
@@ -176,35 +176,23 @@ def evaluate(
     images,
     cfg: TrainConfig,
     head: str = "answer",
+    tasks: TaskSet | None = None,
 ) -> dict:
-    """Loss, accuracy and per-sample predictions/probabilities over a split."""
+    """Loss, accuracy (the primary task's) and per-task outputs over a split (see
+    `tasks.Evaluation.result`); per-sample predictions/probabilities when the primary
+    task is a classification. Without `tasks`: answer classification on `head`."""
+    tasks = tasks if tasks is not None else TaskSet.answer_only(head, cfg.label_smoothing)
     device = next(model.parameters()).device
     dtype = resolve_precision(cfg.precision, device)
     sampler = ImageMajorBatches(split.image_rows, cfg.images_per_batch * 4, shuffle=False)
     was_training = model.training
     model.eval()
-    order, probs, loss_sum = [], [], 0.0
-    for idx in sampler:
-        batch = _to(collate(split, images, idx), device)
-        labels = batch.pop("labels")
+    run = tasks.evaluation()
+    for idx, batch in zip(sampler, batches(split, images, sampler, cfg.num_workers), strict=True):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = model(tasks=[head], **batch)[head].float()
-        loss_sum += float(nn.functional.cross_entropy(logits, labels, reduction="sum", ignore_index=-1))
-        order.append(torch.as_tensor(idx))
-        probs.append(logits.softmax(-1).cpu())
+            run.add(model, _to(batch, device), torch.as_tensor(idx))
     model.train(was_training)
-    order_t = torch.cat(order)
-    probabilities = torch.empty(len(split), probs[0].shape[1])
-    probabilities[order_t] = torch.cat(probs)
-    predictions = probabilities.argmax(1)
-    known = split.labels >= 0
-    n = int(known.sum())
-    return {
-        "loss": loss_sum / max(n, 1),
-        "accuracy": float((predictions[known] == split.labels[known]).float().mean()) if n else float("nan"),
-        "predictions": predictions.numpy(),
-        "probabilities": probabilities.numpy(),
-    }
+    return run.result(split)
 
 
 def train(
@@ -216,18 +204,27 @@ def train(
     run_config: dict,
     adapter: Adapter | None = None,
     head: str = "answer",
+    tasks: TaskSet | None = None,
+    val_images=None,
 ) -> TrainState:
     """Train `model` in place and return the final `TrainState` (with history).
 
     Resumes from the newest checkpoint in `cfg.checkpoint_dir` when `cfg.resume`;
     `run_config` (all parameters of the run) is stored with each checkpoint and a
-    checkpoint made with a different one is refused, naming the differing keys.
+    checkpoint made with a different one is refused, naming the differing keys. `tasks` (default: answer classification on
+    `head`) supplies the loss and the accuracy; `val_images` (default `images`) is the
+    image store for validation, i.e. one without augmentation.
     """
+    tasks = tasks if tasks is not None else TaskSet.answer_only(head, cfg.label_smoothing)
     device = resolve_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
+    if tasks.to(device).parameters():
+        optimizer.add_param_group(
+            {"params": tasks.parameters(), "weight_decay": 0.0, "name": "loss_weights", "base_wd": 0.0}
+        )
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     sampler = ImageMajorBatches(train_split.image_rows, cfg.images_per_batch, shuffle=True, seed=cfg.seed)
     steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum_steps)
@@ -252,6 +249,7 @@ def train(
             scaler.load_state_dict(payload["scaler"])
             if adapter is not None and payload.get("adapter") is not None:
                 adapter.load_state_dict(payload["adapter"])
+            tasks.load_state_dict(payload.get("tasks") or {})
             state = TrainState(**{**meta["state"]})
             _restore_rng(payload["rng"])
             logger.info("Resumed from checkpoint at step %d (epoch %d)", state.step, state.epoch)
@@ -262,6 +260,7 @@ def train(
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "adapter": adapter.state_dict() if adapter is not None else None,
+            "tasks": tasks.state_dict(),
             "rng": _rng_state(),
         }
         meta = {"config": run_config, "state": asdict(state)}
@@ -283,20 +282,18 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         for batch in batches(train_split, images, sampler, cfg.num_workers):
             batch = _to(batch, device)
-            labels = batch.pop("labels")
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                logits = model(tasks=[head], **batch)[head]
-                terms = classification_loss(logits.float(), labels, cfg.label_smoothing)
-                loss = total(terms)
+                result = tasks.step(model, batch)
+                loss = total(result.terms)
             scaler.scale(loss / cfg.grad_accum_steps).backward()
             micro += 1
             state.batch_in_epoch += 1
-            n = len(labels)
+            n = result.count
             seen_now += n
             state.epoch_seen += n
             loss_value = float(loss.detach())
             state.epoch_loss_sum += loss_value * n
-            state.epoch_correct += int((logits.detach().argmax(-1) == labels).sum())
+            state.epoch_correct += result.hits
             last_of_epoch = state.batch_in_epoch == len(sampler)
             if micro < cfg.grad_accum_steps and not last_of_epoch:
                 continue
@@ -360,7 +357,7 @@ def train(
             "questions_per_s": seen_now / max(time.perf_counter() - epoch_start, 1e-9),
         }
         if val_split is not None and len(val_split):
-            val = evaluate(model, val_split, images, cfg, head)
+            val = evaluate(model, val_split, images if val_images is None else val_images, cfg, head, tasks)
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         state.history.append(row)
         logger.info("epoch %d: %s", state.epoch, {k: round(v, 4) for k, v in row.items()})

@@ -18,7 +18,9 @@ def _untrained(tokenized, model_params):
     return {"config": config, "state_dict": build_model(ModelConfig.from_dict(config)).state_dict()}
 
 
-def test_evaluation_pipeline_reports_per_question_type(samples, images, tokenized, model_params, training_params):
+def test_evaluation_pipeline_reports_per_question_type(
+    samples, images, tokenized, model_params, training_params, tasks_params
+):
     catalog = run_pipeline(
         create_pipeline(),
         {
@@ -28,6 +30,8 @@ def test_evaluation_pipeline_reports_per_question_type(samples, images, tokenize
             "encoded_texts": tokenized["encoded_texts"],
             "answer_vocab": tokenized["answer_vocab"],
             "params:training": training_params,
+            "tokenizer": tokenized["tokenizer"],
+            "params:tasks": tasks_params,
         },
     )
     metrics = catalog.load("metrics")

@@ -4,7 +4,7 @@ from conftest import run_pipeline
 
 from multimodal_doubleloop.data.schema import CANONICAL_COLUMNS, SchemaError, validate_table
 from multimodal_doubleloop.pipelines.ingestion import create_pipeline
-from multimodal_doubleloop.pipelines.ingestion.nodes import ingest_samples
+from multimodal_doubleloop.pipelines.ingestion.nodes import ingest, ingest_samples
 
 
 def test_easy_vqa_table_has_canonical_schema(samples):
@@ -18,9 +18,10 @@ def test_easy_vqa_table_has_canonical_schema(samples):
 
 
 def test_full_easy_vqa_counts():
-    table = ingest_samples(
+    table, quarantine, summary = ingest(
         {"source": "easy_vqa", "val_fraction": 0.0, "seed": 0, "image_size": 64, "in_memory_images": True}
     )
+    assert quarantine.empty and summary["total"] == 0
     counts = table.groupby("split").agg(questions=("sample_id", "size"), images=("image_id", "nunique"))
     assert counts.loc["train"].tolist() == [38575, 4000]
     assert counts.loc["test"].tolist() == [9673, 1000]
@@ -50,7 +51,7 @@ def test_validate_table_names_the_problem(samples):
         validate_table(dup)
 
 
-def test_ingestion_pipeline_on_memory_catalog(ingestion_params):
-    catalog = run_pipeline(create_pipeline(), {"params:ingestion": ingestion_params})
+def test_ingestion_pipeline_on_memory_catalog(ingestion_params, tasks_params):
+    catalog = run_pipeline(create_pipeline(), {"params:ingestion": ingestion_params, "params:tasks": tasks_params})
     samples, images = catalog.load("samples"), catalog.load("images")
     assert len(samples) > 0 and len(images["image_ids"]) == samples["image_id"].nunique()

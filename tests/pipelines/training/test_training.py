@@ -6,7 +6,7 @@ from multimodal_doubleloop.pipelines.training import create_pipeline
 from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config, train_model
 
 
-def _inputs(samples, images, tokenized, model_params, training_params):
+def _inputs(samples, images, tokenized, model_params, training_params, tasks_params=None):
     return {
         "samples": samples,
         "images": images,
@@ -15,6 +15,7 @@ def _inputs(samples, images, tokenized, model_params, training_params):
         "tokenizer": tokenized["tokenizer"],
         "params:model": model_params,
         "params:training": training_params,
+        "params:tasks": tasks_params,
     }
 
 
@@ -32,8 +33,8 @@ def test_unknown_preset_and_keys_fail_before_training(model_params):
         resolve_model_config(model_params, 77, 16, 13)
 
 
-def test_train_model_learns_and_reports(samples, images, tokenized, model_params, training_params):
-    inputs = _inputs(samples, images, tokenized, model_params, {**training_params, "epochs": 3})
+def test_train_model_learns_and_reports(samples, images, tokenized, model_params, training_params, tasks_params):
+    inputs = _inputs(samples, images, tokenized, model_params, {**training_params, "epochs": 3}, tasks_params)
     trained, curves, history = train_model(*[inputs[k] for k in inputs])
     assert set(trained) == {"config", "state_dict"}
     assert len(history) == 3 and history[-1]["train_loss"] < history[0]["train_loss"]
@@ -41,8 +42,10 @@ def test_train_model_learns_and_reports(samples, images, tokenized, model_params
     assert all(torch.isfinite(v).all() for v in trained["state_dict"].values())
 
 
-def test_training_pipeline_on_memory_catalog(samples, images, tokenized, model_params, training_params):
-    catalog = run_pipeline(create_pipeline(), _inputs(samples, images, tokenized, model_params, training_params))
+def test_training_pipeline_on_memory_catalog(samples, images, tokenized, model_params, training_params, tasks_params):
+    catalog = run_pipeline(
+        create_pipeline(), _inputs(samples, images, tokenized, model_params, training_params, tasks_params)
+    )
     assert catalog.load("trained_model")["config"]["heads"]["answer"]["num_outputs"] == len(
         tokenized["answer_vocab"]
     )

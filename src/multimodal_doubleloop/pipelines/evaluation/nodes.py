@@ -1,4 +1,4 @@
-"""Evaluation node: test accuracy overall and per question type, confusion matrix."""
+"""Evaluation node: every task's test metrics, a figure, generated caption samples."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from torchmetrics.functional.classification import multiclass_confusion_matrix, multiclass_f1_score  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+from torchmetrics.functional.classification import multiclass_confusion_matrix  # noqa: E402
 
 from ...data.batching import encoded_split  # noqa: E402
 from ...data.images import image_store  # noqa: E402
@@ -19,6 +20,14 @@ from ...models import ModelConfig, build_model  # noqa: E402
 from ...training.config import TrainConfig  # noqa: E402
 from ...training.loop import evaluate  # noqa: E402
 from ...training.precision import resolve_device  # noqa: E402
+from ...training.tasks import (  # noqa: E402
+    ClassificationTask,
+    TasksConfig,
+    TaskSet,
+    evaluation_context,
+    special_ids,
+    task_metrics,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,36 +45,55 @@ def evaluate_model(
     encoded_texts: dict,
     answer_vocab: list[str],
     training_params: dict,
-) -> tuple[dict, dict, plt.Figure]:
-    """Metrics on the `test` split: JSON-ready dict, the same for MLflow, and a
-    row-normalised confusion matrix figure."""
+    tokenizer: str,
+    tasks_params: dict | None = None,
+) -> tuple[dict, dict, plt.Figure, list[dict]]:
+    """Metrics on the `test` split (JSON-ready, and the same for MLflow), a figure
+    (confusion matrix of the first classification or zero-shot task) and generated
+    caption samples. Metric keys are `test_<metric>`, or `test_<task>_<metric>` when
+    several tasks run."""
     cfg = TrainConfig.from_dict(training_params)
+    tok = Tokenizer.from_str(tokenizer)
+    tasks = TaskSet.build(TasksConfig.from_dict(tasks_params), samples, answer_vocab, special_ids(tok))
     model = load_trained_model(trained_model).to(resolve_device(cfg.device))
     split = encoded_split(samples, encoded_texts, images["image_ids"], answer_vocab, "test")
     if not len(split):
         raise ValueError("the sample table has no 'test' rows to evaluate on")
-    result = evaluate(model, split, image_store(images), cfg)
-    preds, labels = torch.as_tensor(result["predictions"]), split.labels
-    correct = (preds == labels).numpy()
-    qtypes = samples.loc[samples["split"] == "test", "question_type"].to_numpy()
-    metrics = {
-        "test_accuracy": float(correct.mean()),
-        "test_loss": float(result["loss"]),
-        "test_macro_f1": float(
-            multiclass_f1_score(preds, labels.clamp(min=0), len(answer_vocab), average="macro")
-        ),
-        "test_samples": len(split),
-    }
-    for qtype in sorted(set(qtypes)):
-        key = "test_accuracy_" + "".join(c if c.isalnum() else "_" for c in qtype)
-        metrics[key] = float(correct[qtypes == qtype].mean())
+    tasks.attach_targets(split, samples, "test")
+    result = evaluate(model, split, image_store(images), cfg, tasks=tasks)
+    context = evaluation_context(model, tok, encoded_texts["input_ids"].shape[1], images["image_ids"])
+    table = samples[samples["split"] == "test"].reset_index(drop=True)
+    metrics = {f"test_{k}": v for k, v in task_metrics(tasks, result, table, context).items()}
+    metrics["test_samples"] = len(split)
     logger.info("Test metrics: %s", metrics)
-    known = labels >= 0
-    confusion = multiclass_confusion_matrix(preds[known], labels[known], len(answer_vocab)).numpy()
-    return metrics, {k: {"value": v, "step": 0} for k, v in metrics.items()}, confusion_figure(confusion, answer_vocab)
+    figure = task_figure(tasks, result, context)
+    return metrics, {k: {"value": v, "step": 0} for k, v in metrics.items()}, figure, context.get("caption_samples", [])
 
 
-def confusion_figure(confusion: np.ndarray, labels: list[str]) -> plt.Figure:
+def task_figure(tasks: TaskSet, result: dict, context: dict) -> plt.Figure:
+    """The confusion matrix of the first task that predicts classes (classification,
+    or contrastive zero-shot); a note saying so when no task does."""
+    for task in tasks.tasks:
+        if isinstance(task, ClassificationTask):
+            out = result["tasks"][task.name]
+            known = out["labels"] >= 0
+            confusion = multiclass_confusion_matrix(
+                out["predictions"][known], out["labels"][known], len(task.vocab)
+            )
+            return confusion_figure(confusion.numpy(), task.vocab)
+        if task.name in context.get("confusions", {}):
+            predicted, truth, classes = context["confusions"][task.name]
+            confusion = multiclass_confusion_matrix(predicted, truth, len(classes))
+            return confusion_figure(confusion.numpy(), classes, f"Zero-shot confusion ({task.name})")
+    fig, ax = plt.subplots(figsize=(4, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"no class predictions: tasks {tasks.names}", ha="center", va="center")
+    return fig
+
+
+def confusion_figure(
+    confusion: np.ndarray, labels: list[str], title: str = "Test confusion matrix"
+) -> plt.Figure:
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     size = max(4.0, 0.5 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -78,6 +106,6 @@ def confusion_figure(confusion: np.ndarray, labels: list[str]) -> plt.Figure:
         for i, j in zip(*np.nonzero(confusion), strict=True):
             ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_title("Test confusion matrix (counts; colour = row rate)")
+    ax.set_title(f"{title} (counts; colour = row rate)")
     fig.tight_layout()
     return fig

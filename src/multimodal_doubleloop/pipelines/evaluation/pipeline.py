@@ -8,8 +8,17 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 evaluate_model,
-                ["trained_model", "samples", "images", "encoded_texts", "answer_vocab", "params:training"],
-                ["metrics", "mlflow_metrics", "confusion_matrix"],
+                [
+                    "trained_model",
+                    "samples",
+                    "images",
+                    "encoded_texts",
+                    "answer_vocab",
+                    "params:training",
+                    "tokenizer",
+                    "params:tasks",
+                ],
+                ["metrics", "mlflow_metrics", "confusion_matrix", "caption_samples"],
                 name="evaluate_model",
             )
         ]

@@ -6,26 +6,45 @@ import logging
 
 import pandas as pd
 
+from ...data.config import SOURCES, IngestionConfig
 from ...data.images import build_image_index
+from ...data.quality import apply_policy, problems_frame, screen_images, summarise
 from ...data.schema import validate_table
-from ...data.sources.easy_vqa import read_easy_vqa
+from ...data.sources import easy_vqa
+from ...data.sources.coco_captions import read_coco_captions
+from ...data.sources.image_folder import read_image_folder
+from ...training.tasks import TasksConfig, select_rows
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("easy_vqa",)
+
+def read_source(cfg: IngestionConfig, tasks: TasksConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The configured source as a table (with what the tasks need derived) and its problems."""
+    if cfg.source == "easy_vqa":
+        table = easy_vqa.read_easy_vqa(cfg.val_fraction, cfg.seed)
+        derived = tasks.required_columns() & set(easy_vqa.DERIVED_COLUMNS)
+        return easy_vqa.derive(table, derived, tasks.needs_description_rows()), problems_frame()
+    if cfg.source == "coco_captions":
+        return read_coco_captions(cfg.coco_captions, cfg.val_fraction, cfg.seed)
+    if cfg.source == "image_folder":
+        return read_image_folder(cfg.image_folder, cfg.val_fraction, cfg.seed)
+    raise ValueError(f"ingestion.source={cfg.source!r}: use one of {SOURCES}")
 
 
-def ingest_samples(params: dict) -> pd.DataFrame:
-    """Read the configured source into the canonical sample table and validate it."""
-    source = params["source"]
-    if source == "easy_vqa":
-        table = read_easy_vqa(params["val_fraction"], params["seed"])
-    else:
-        raise ValueError(f"ingestion.source={source!r}: use one of {SOURCES}")
-    limit = params.get("max_images_per_split")
-    if limit:
-        keep = table.drop_duplicates("image_id").groupby("split").head(limit)["image_id"]
+def ingest(params: dict, tasks_params: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The canonical sample table of the rows the active tasks use, the quarantine
+    report of malformed records (empty unless `on_bad_input: quarantine`) and its counts.
+
+    Images are screened (`verify_images`) after the task rows and the
+    `max_images_per_split` slice are chosen: only images the run would read."""
+    cfg, tasks = IngestionConfig.from_dict(params), TasksConfig.from_dict(tasks_params)
+    table, problems = read_source(cfg, tasks)
+    table = select_rows(table, tasks)
+    if cfg.max_images_per_split:
+        keep = table.drop_duplicates("image_id").groupby("split").head(cfg.max_images_per_split)["image_id"]
         table = table[table["image_id"].isin(set(keep))]
+    table, bad_images = screen_images(table, cfg.verify_images, cfg.source)
+    report = apply_policy(pd.concat([problems, bad_images], ignore_index=True), cfg.on_bad_input, cfg.source)
     table = validate_table(table)
     logger.info(
         "Ingested %d samples over %d images: %s",
@@ -33,9 +52,15 @@ def ingest_samples(params: dict) -> pd.DataFrame:
         table["image_id"].nunique(),
         table["split"].value_counts().to_dict(),
     )
-    return table
+    return table, report, summarise(report, cfg.on_bad_input)
+
+
+def ingest_samples(params: dict, tasks_params: dict | None = None) -> pd.DataFrame:
+    """The sample table alone (the quarantine report is still logged); see `ingest`."""
+    return ingest(params, tasks_params)[0]
 
 
 def decode_images(samples: pd.DataFrame, params: dict) -> dict:
     """Unique images of the table; pixels decoded in memory when configured."""
-    return build_image_index(samples, params["image_size"], params["in_memory_images"])
+    cfg = IngestionConfig.from_dict(params)
+    return build_image_index(samples, cfg.image_size, cfg.in_memory_images, cfg.augment)

@@ -16,6 +16,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "tokenizer",
                     "params:model",
                     "params:training",
+                    "params:tasks",
                 ],
                 ["trained_model", "training_curves", "training_history"],
                 name="train_model",

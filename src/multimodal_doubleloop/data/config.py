@@ -1,0 +1,52 @@
+"""The ingestion parameters (`conf/base/parameters_ingestion.yml`) as one dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..models.strict import build
+from .images import AugmentConfig
+from .quality import POLICIES, VERIFY_MODES
+from .sources.coco_captions import CocoCaptionsConfig
+from .sources.image_folder import ImageFolderConfig
+
+SOURCES = ("easy_vqa", "coco_captions", "image_folder")
+
+
+@dataclass
+class IngestionConfig:
+    source: str = "easy_vqa"  # easy_vqa | coco_captions | image_folder
+    val_fraction: float = 0.05  # share of training *images* held out, with all their texts
+    seed: int = 0  # of the validation split
+    image_size: int = 64  # images are resized to image_size x image_size
+    in_memory_images: bool = True  # decode all once (small data); false = lazily in workers
+    max_images_per_split: int | None = None  # keep the first N images of each split (quick runs)
+    on_bad_input: str = "error"  # error | quarantine: what malformed records do (data.quality)
+    # What ingestion reads of each image to find missing/unreadable files: none | header
+    # (cheap: format and size) | full (decodes every pixel, also finds truncated files).
+    verify_images: str = "header"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training only
+    coco_captions: CocoCaptionsConfig = field(default_factory=CocoCaptionsConfig)
+    image_folder: ImageFolderConfig = field(default_factory=ImageFolderConfig)
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"ingestion.source={self.source!r}: use one of {SOURCES}")
+        if self.on_bad_input not in POLICIES:
+            raise ValueError(f"ingestion.on_bad_input={self.on_bad_input!r}: use one of {POLICIES}")
+        if self.verify_images not in VERIFY_MODES:
+            raise ValueError(f"ingestion.verify_images={self.verify_images!r}: use one of {VERIFY_MODES}")
+        bad = {
+            "val_fraction": not 0 <= self.val_fraction < 1,
+            "image_size": self.image_size < 1,
+            "max_images_per_split": self.max_images_per_split is not None and self.max_images_per_split < 1,
+        }
+        if any(bad.values()):
+            raise ValueError(
+                "out-of-range value(s) " + ", ".join(f"{k}={getattr(self, k)!r}" for k, b in bad.items() if b)
+            )
+
+    @classmethod
+    def from_dict(cls, params: dict) -> IngestionConfig:
+        """Unknown keys and wrong types fail with their key path (`ingestion.<key>`)."""
+        return build(cls, params, "ingestion")

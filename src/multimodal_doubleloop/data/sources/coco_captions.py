@@ -1,0 +1,161 @@
+"""COCO captions in their published layout, at COCO scale, without touching an image.
+
+    <root>/annotations/captions_<name>.json   {"images": [{id, file_name, width, height}],
+                                              "annotations": [{id, image_id, caption}]}
+    <root>/<name>/<file_name>                 the images (decoded later, lazily)
+
+One canonical row per caption: `text` is the caption (whitespace collapsed), `answer`
+is empty and `question_type` is "caption"; an image has several rows. The JSON is
+parsed once and turned into columns with list comprehensions and vectorised pandas
+(590k captions in seconds). Records that cannot become rows are returned as problems
+(see `data.quality`), never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..quality import problems_frame
+from ..schema import SPLITS
+from ..splits import hold_out_val_images
+
+logger = logging.getLogger(__name__)
+
+SOURCE = "coco_captions"
+
+
+@dataclass
+class CocoCaptionsConfig:
+    root: str = "data/01_raw/coco"  # holds annotations/ and one image folder per COCO split
+    # canonical split -> COCO split name: reads annotations/captions_<name>.json and
+    # images from <root>/<name>/. COCO's test set has no captions, so its val set is the
+    # usual test split; `val` is carved from train by ingestion.val_fraction unless given.
+    splits: dict[str, str] = field(default_factory=lambda: {"train": "train2017", "test": "val2017"})
+
+    def __post_init__(self):
+        bad = sorted(set(self.splits) - set(SPLITS))
+        if bad or "train" not in self.splits:
+            raise ValueError(
+                f"coco_captions.splits keys {sorted(self.splits)} must include 'train' and "
+                f"be among {SPLITS} (bad: {bad})"
+            )
+
+
+def _first_wins(ids: pd.Series) -> np.ndarray:
+    """True for the first occurrence of each id."""
+    return ~ids.duplicated(keep="first").to_numpy()
+
+
+def _read_split(root: Path, name: str, split: str) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    path = root / "annotations" / f"captions_{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"COCO annotation file {path} not found (ingestion.coco_captions.root={str(root)!r}, "
+            f"split {split!r} -> {name!r})"
+        )
+    with path.open("rb") as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
+        data.get("annotations"), list
+    ):
+        raise ValueError(f"{path}: expected a JSON object with lists 'images' and 'annotations'")
+    problems = []
+
+    def problem(mask: np.ndarray, reason: str, record, detail) -> None:
+        """Record the masked entries; `record`/`detail` map the masked positions to strings."""
+        if mask.any():
+            where = np.flatnonzero(mask)
+            problems.append(
+                pd.DataFrame(
+                    {
+                        "source": SOURCE,
+                        "split": split,
+                        "reason": reason,
+                        "record": [record(i) for i in where],
+                        "image_path": "",
+                        "detail": [detail(i) for i in where],
+                    }
+                )
+            )
+
+    images = data["images"]
+    image_id = pd.Series([im.get("id") if isinstance(im, dict) else None for im in images], dtype=object)
+    file_name = pd.Series(
+        [im.get("file_name") if isinstance(im, dict) else None for im in images], dtype=object
+    )
+    image_record = lambda i: f"image entry {i} in {path.name}"  # noqa: E731
+    valid = (image_id.map(type).eq(int) & file_name.map(type).eq(str)).to_numpy()
+    problem(~valid, "bad_image_record", image_record,
+            lambda i: f"id={image_id[i]!r} file_name={file_name[i]!r}")
+    first = valid & _first_wins(image_id.where(valid))
+    problem(valid & ~first, "duplicate_image_id", image_record, lambda i: f"id {image_id[i]}")
+    known_ids = pd.Index(image_id[first].astype(np.int64))
+    known_files = file_name[first].to_numpy()
+
+    anns = data["annotations"]
+    ann_id = pd.Series([a.get("id") if isinstance(a, dict) else None for a in anns], dtype=object)
+    ann_image = pd.Series([a.get("image_id") if isinstance(a, dict) else None for a in anns], dtype=object)
+    caption = pd.Series([a.get("caption") if isinstance(a, dict) else None for a in anns], dtype=object)
+    record = lambda i: f"annotation {ann_id[i]} in {path.name}"  # noqa: E731
+    is_int = ann_image.map(type).eq(int).to_numpy()
+    position = np.full(len(anns), -1, dtype=np.int64)
+    if is_int.any():
+        position[is_int] = known_ids.get_indexer(ann_image[is_int].astype(np.int64))
+    known = position >= 0
+    problem(~known, "unknown_image_id", record, lambda i: f"image_id {ann_image[i]!r}")
+    is_str = caption.map(type).eq(str).to_numpy()
+    problem(known & ~is_str, "caption_not_string", record,
+            lambda i: f"caption is {type(caption[i]).__name__}: {str(caption[i])[:40]}")
+    text = (
+        pd.Series(caption.where(is_str, ""), dtype="string")
+        .str.replace(r"\s+", " ", regex=True)
+        .str.strip()
+    )
+    non_empty = (text.str.len() > 0).to_numpy()
+    problem(known & is_str & ~non_empty, "empty_caption", record, lambda i: f"caption {caption[i]!r}")
+    ok = known & is_str & non_empty
+    first_ann = ok & _first_wins(ann_id.where(ok))
+    problem(ok & ~first_ann, "duplicate_annotation_id", record, lambda i: f"id {ann_id[i]}")
+
+    rows = first_ann
+    image_ids = known_ids.to_numpy()[position[rows]]
+    image_dir = str(root / name) + "/"
+    table = pd.DataFrame(
+        {
+            "sample_id": f"coco/{name}/" + ann_id[rows].astype(str).to_numpy(),
+            "image_id": f"coco/{name}/" + pd.Series(image_ids).astype(str).to_numpy(),
+            "image_path": image_dir + pd.Series(known_files[position[rows]], dtype="string").to_numpy(),
+            "text": text[rows].to_numpy(),
+            "answer": "",
+            "split": split,
+            "question_type": "caption",
+            "source": SOURCE,
+        }
+    )
+    logger.info(
+        "COCO %s (%s): %d captions of %d images from %s",
+        name, split, len(table), len(known_ids), path,
+    )
+    return table, problems
+
+
+def read_coco_captions(
+    cfg: CocoCaptionsConfig, val_fraction: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All configured splits as one canonical table, and the records that could not be read."""
+    root = Path(cfg.root)
+    tables, problems = [], []
+    for split, name in cfg.splits.items():
+        table, found = _read_split(root, name, split)
+        tables.append(table)
+        problems += found
+    table = pd.concat(tables, ignore_index=True)
+    if "val" not in cfg.splits:
+        hold_out_val_images(table, val_fraction, seed)
+    return table, problems_frame(pd.concat(problems, ignore_index=True) if problems else None)
