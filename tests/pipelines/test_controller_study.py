@@ -1,6 +1,13 @@
+import shutil
+from pathlib import Path
+
 import matplotlib.pyplot as plt
+import mlflow
+import pandas as pd
 import pytest
 from conftest import run_pipeline
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
 
 from multimodal_doubleloop.pipelines import controller_study, training
 from multimodal_doubleloop.pipelines.controller_study.nodes import StudyConfig
@@ -80,3 +87,48 @@ def test_decisions_plot_accepts_one_point_histories_and_no_controller():
     assert figure.axes[0].get_legend() is not None
     off = plot_controller_decisions({"train_loss": [{"step": 0, "value": 1.0}]})
     assert "controller off" in off.axes[0].texts[0].get_text()
+
+
+@pytest.mark.slow
+def test_kedro_run_controller_study_logs_one_nested_run_per_cell(tmp_path, monkeypatch):
+    """`kedro run --pipeline=controller_study --env test` on a slice of real easy-VQA,
+    in a copy of the project's conf with its own MLflow store."""
+    project = Path(__file__).resolve().parents[2]
+    shutil.copytree(project / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
+    (tmp_path / "conf" / "local").mkdir()
+    shutil.copy(project / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    bootstrap_project(tmp_path)
+    study = {
+        "base_lrs": [1e-3, 1e-2],
+        "model_preset": "tiny",
+        "training": {"max_steps": 4, "warmup_steps": 1, "images_per_batch": 4},
+        "controller": {"every": 2, "measure_every": 1},
+        "test_images": 4,
+    }
+    try:
+        with KedroSession.create(tmp_path, env="test", runtime_params={"controller_study": study}) as session:
+            session.run(pipeline_name="controller_study")
+        table = pd.read_csv(tmp_path / "data/08_reporting/controller_study.csv")
+        assert len(table) == 6 and {"method", "base_lr", "test_accuracy"} <= set(table.columns)
+        assert (tmp_path / "data/08_reporting/controller_study.png").stat().st_size > 1000
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        runs = mlflow.search_runs(experiment_names=["multimodal_doubleloop"], output_format="list")
+        parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        cells = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+        assert len(parent) == 1 and len(cells) == 6
+        assert {(r.data.tags["method"], float(r.data.tags["base_lr"])) for r in cells} == set(
+            zip(table["method"], table["base_lr"], strict=True)
+        )
+        by_name = {r.info.run_name: r for r in cells}
+        assert by_name["double_loop_lr0.01"].data.metrics["test_accuracy"] == pytest.approx(
+            table.set_index(["method", "base_lr"]).loc[("double_loop", 0.01), "test_accuracy"]
+        )
+        history = mlflow.MlflowClient().get_metric_history(
+            by_name["hypergradient_lr0.001"].info.run_id, "controller/lr_scale/heads"
+        )
+        assert [m.step for m in history] == [2]
+    finally:
+        mlflow.end_run()
