@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
+from ..models.strict import build
 from .controller import ControllerConfig
 from .precision import PRECISIONS
 
@@ -33,6 +34,8 @@ class TrainConfig:
     progress_bar: bool = True
     group_lr: dict[str, float] = field(default_factory=dict)  # e.g. {"heads": 2.0}
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    world_size: int = 1  # processes (one per GPU on CUDA); the global batch is images_per_batch * world_size
+    compile: bool = False  # torch.compile the training step (CUDA; single process)
     # The outer loop (method fixed | hypergradient | double_loop); see training/controller.py.
     controller: ControllerConfig = field(default_factory=ControllerConfig)
 
@@ -55,23 +58,20 @@ class TrainConfig:
             "keep_last": self.keep_last >= 1,
             "max_steps": self.max_steps >= 0,
             "max_bad_steps": self.max_bad_steps >= 1,
+            "world_size": self.world_size >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(
-                "training: out-of-range value(s) " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+                "out-of-range value(s) " + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"training.precision={self.precision!r}: use one of {PRECISIONS}")
 
     @classmethod
     def from_dict(cls, params: dict) -> TrainConfig:
-        unknown = sorted(set(params) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) {unknown} in training; allowed: {sorted(f.name for f in fields(cls))}"
-            )
-        return cls(**params)
+        """Unknown keys, wrong types and out-of-range values fail with their key path."""
+        return build(cls, params, "training")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,10 +17,12 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..data.batching import BatchDataset, EncodedSplit, ImageMajorBatches, collate
 from ..models.losses import total
+from . import distributed
 from .checkpoint import CheckpointError, load_latest, save_checkpoint
 from .config import TrainConfig
 from .precision import resolve_device, resolve_precision
@@ -41,6 +43,7 @@ RESUMABLE_DIFFERENCES = {
     "training.resume",
     "training.checkpoint_dir",
     "training.device",
+    "training.compile",
 }
 
 
@@ -195,6 +198,18 @@ def evaluate(
     return run.result(split)
 
 
+class TaskStep(nn.Module):
+    """One forward of the model and the task losses, as a module so that
+    DistributedDataParallel (or torch.compile) can wrap the whole step."""
+
+    def __init__(self, model: nn.Module, tasks: TaskSet):
+        super().__init__()
+        self.model, self.tasks = model, tasks
+
+    def forward(self, batch: dict):
+        return self.tasks.step(self.model, batch)
+
+
 def train(
     model: nn.Module,
     train_split: EncodedSplit,
@@ -216,7 +231,8 @@ def train(
     image store for validation, i.e. one without augmentation.
     """
     tasks = tasks if tasks is not None else TaskSet.answer_only(head, cfg.label_smoothing)
-    device = resolve_device(cfg.device)
+    ctx = distributed.context()  # rank 0 of 1 unless started by spawn/torchrun
+    device = resolve_device(distributed.device_for(ctx, cfg.device))
     dtype = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)
     model.to(device)
@@ -226,7 +242,23 @@ def train(
             {"params": tasks.parameters(), "weight_decay": 0.0, "name": "loss_weights", "base_wd": 0.0}
         )
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    sampler = ImageMajorBatches(train_split.image_rows, cfg.images_per_batch, shuffle=True, seed=cfg.seed)
+    # Each rank takes its own images of every global batch; together they make the
+    # batch a single process would see with images_per_batch * world_size images.
+    sampler = ImageMajorBatches(
+        train_split.image_rows,
+        cfg.images_per_batch,
+        shuffle=True,
+        seed=cfg.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
+    step_module: nn.Module = TaskStep(model, tasks)
+    if ctx.world_size > 1:
+        step_module = DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    elif cfg.compile:
+        step_module = torch.compile(step_module)
     steps_per_epoch = math.ceil(len(sampler) / cfg.grad_accum_steps)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
@@ -255,6 +287,8 @@ def train(
             logger.info("Resumed from checkpoint at step %d (epoch %d)", state.step, state.epoch)
 
     def checkpoint() -> None:
+        if not ctx.is_main:  # rank 0 alone writes
+            return
         payload = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -269,7 +303,7 @@ def train(
     bar = tqdm(
         total=total_steps,
         initial=state.step,
-        disable=not cfg.progress_bar,
+        disable=not (cfg.progress_bar and ctx.is_main),
         desc="train",
         unit="step",
         dynamic_ncols=True,
@@ -283,15 +317,19 @@ def train(
         for batch in batches(train_split, images, sampler, cfg.num_workers):
             batch = _to(batch, device)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                result = tasks.step(model, batch)
+                result = step_module(batch)
                 loss = total(result.terms)
-            scaler.scale(loss / cfg.grad_accum_steps).backward()
+            weight, loss_value = 1.0, float(loss.detach())
+            if ctx.world_size > 1:  # DDP averages ranks; weight them by their share of the samples
+                sums = distributed.all_reduce_sum(torch.tensor([float(result.count), loss_value * result.count]))
+                weight = result.count * ctx.world_size / float(sums[0])
+                loss_value = float(sums[1] / sums[0])  # the global batch's loss, as one process logs it
+            scaler.scale(loss * weight / cfg.grad_accum_steps).backward()
             micro += 1
             state.batch_in_epoch += 1
             n = result.count
             seen_now += n
             state.epoch_seen += n
-            loss_value = float(loss.detach())
             state.epoch_loss_sum += loss_value * n
             state.epoch_correct += result.hits
             last_of_epoch = state.batch_in_epoch == len(sampler)
@@ -307,6 +345,9 @@ def train(
             if adapter is not None:
                 adapter.before_step(state.step, optimizer)
                 scales, wd_scales = adapter.scales(), adapter.weight_decay_scales()
+                names = sorted({g["name"] for g in optimizer.param_groups})
+                scales = distributed.broadcast_scales(scales, names)  # identical on every rank
+                wd_scales = distributed.broadcast_scales(wd_scales, names)
             base_lr = set_learning_rates(optimizer, cfg, state.step, total_steps, scales, wd_scales)
             if finite:
                 scaler.step(optimizer)
@@ -356,7 +397,7 @@ def train(
             "seconds": time.perf_counter() - epoch_start,
             "questions_per_s": seen_now / max(time.perf_counter() - epoch_start, 1e-9),
         }
-        if val_split is not None and len(val_split):
+        if val_split is not None and len(val_split) and ctx.is_main:
             val = evaluate(model, val_split, images if val_images is None else val_images, cfg, head, tasks)
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         state.history.append(row)

@@ -13,11 +13,10 @@ import pandas as pd  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from ...data.batching import encoded_split  # noqa: E402
-from ...data.images import image_store  # noqa: E402
-from ...models import ModelConfig, build_model  # noqa: E402
+from ...data.tokenizer import fingerprint  # noqa: E402
+from ...models import ModelConfig  # noqa: E402
 from ...training.config import TrainConfig  # noqa: E402
-from ...training.controller import build_adapter, decision_history  # noqa: E402
-from ...training.loop import train  # noqa: E402
+from ...training.fit import fit_any  # noqa: E402
 from ...training.tasks import TasksConfig, TaskSet, special_ids  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -72,9 +71,6 @@ def train_model(
     model_config = resolve_model_config(
         model_params, vocab_size, encoded_texts["input_ids"].shape[1], len(answer_vocab), tasks
     )
-    model = build_model(ModelConfig.from_dict(model_config))
-    logger.info("Model has %.2f M parameters", sum(p.numel() for p in model.parameters()) / 1e6)
-    store = image_store(images, train=True)  # with the configured augmentation
     splits = {
         s: tasks.attach_targets(
             encoded_split(samples, encoded_texts, images["image_ids"], answer_vocab, s), samples, s
@@ -89,23 +85,15 @@ def train_model(
             "tokenizer_sha256": fingerprint(tokenizer),
         },
     }
-    adapter = build_adapter(train_cfg.controller, list(model.parameter_groups()), train_cfg.warmup_steps)
-    state = train(
-        model, splits["train"], splits["val"], store, train_cfg, run_config, adapter,
-        tasks=tasks, val_images=image_store(images),
-    )
+    weights, state, trace = fit_any(model_config, splits, images, train_cfg, run_config, tasks)
     curves = {
         key: [{"step": row["epoch"], "value": float(row[key])} for row in state.history if key in row]
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "questions_per_s")
     }
     curves["step_loss"] = [{"step": r["step"], "value": r["loss"]} for r in state.step_log]
     curves["lr"] = [{"step": r["step"], "value": r["lr"]} for r in state.step_log]
-    if adapter is not None:
-        curves.update(decision_history(adapter.trace))
-    trained = {
-        "config": model_config,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
+    curves.update(trace)
+    trained = {"config": model_config, "state_dict": weights}
     return trained, {k: v for k, v in curves.items() if v}, state.history
 
 
