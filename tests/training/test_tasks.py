@@ -16,6 +16,7 @@ from multimodal_doubleloop.data.batching import collate, encoded_split
 from multimodal_doubleloop.data.images import InMemoryImages
 from multimodal_doubleloop.data.tokenizer import encode, train_tokenizer
 from multimodal_doubleloop.models import ModelConfig, build_model
+from multimodal_doubleloop.models.heads import ContrastiveOutput
 from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
 from multimodal_doubleloop.training.config import TrainConfig
 from multimodal_doubleloop.training.loop import evaluate, train
@@ -168,7 +169,7 @@ def test_caption_metrics_and_samples():
 
 
 def test_tasks_config_checks_names_fields_and_types():
-    cfg = TasksConfig.from_dict({"active": "b, a", "definitions": {"a": {"type": "caption"}, "b": {}}})
+    cfg = TasksConfig.from_dict({"active": "b+a", "definitions": {"a": {"type": "caption"}, "b": {}}})
     assert cfg.active == ["b", "a"] and cfg.definitions["b"].target == "answer"
     with pytest.raises(ValueError, match=r"unknown: \['c'\]"):
         TasksConfig.from_dict({"active": ["c"], "definitions": {"a": {}}})
@@ -286,3 +287,49 @@ def test_image_folder_classification_reads_the_image_only(tasks_params):
     assert heads["answer"]["input"] == "image"  # the prompt names the answer
     with pytest.raises(ValueError, match="names the answer"):
         tasks.head_configs({"answer": {"input": "fused"}}, {})
+
+
+class _FixedHead(torch.nn.Module):
+    """A contrastive head stub returning fixed embeddings."""
+
+    def __init__(self, image_embeds, text_embeds, scale):
+        super().__init__()
+        from multimodal_doubleloop.models.heads import HeadConfig
+
+        self.cfg = HeadConfig(type="contrastive", num_outputs=image_embeds.shape[1])
+        self.out = ContrastiveOutput(image_embeds, text_embeds, torch.tensor(scale), None)
+
+    def forward(self, features):
+        return self.out
+
+
+def test_contrastive_loss_counts_equal_texts_of_other_images_as_positives():
+    g = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    texts[2] = texts[0]  # images 0 and 2 have the same caption (text id 7)
+    batch = {"image_index": torch.arange(4), "target.r": torch.tensor([7, 3, 7, 5])}
+    task = ContrastiveTask("r", TaskConfig("contrastive"), [])
+    terms, hits, count = task.loss(_FixedHead(images, texts, 10.0), None, batch)
+    # direct multi-positive InfoNCE: image -> its caption among the 3 distinct ones;
+    # each distinct caption -> all images that have it, equally
+    distinct = texts[[0, 1, 3]]  # ids 7, 3, 5
+    logits = 10.0 * images @ distinct.t()  # (4 images, 3 texts)
+    i2t = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 0, 2]))
+    target = torch.tensor([[0.5, 0, 0.5, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0]])
+    t2i = torch.nn.functional.cross_entropy(logits.t(), target)
+    assert float(terms["contrastive_i2t"]) == pytest.approx(0.5 * float(i2t), rel=1e-5)
+    assert float(terms["contrastive_t2i"]) == pytest.approx(0.5 * float(t2i), rel=1e-5)
+    assert count == 4
+
+
+def test_contrastive_loss_without_duplicates_is_plain_clip():
+    from multimodal_doubleloop.models.losses import contrastive_loss
+
+    g = torch.Generator().manual_seed(1)
+    images = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    batch = {"image_index": torch.arange(3), "target.r": torch.tensor([0, 1, 2])}
+    terms, _, _ = ContrastiveTask("r", TaskConfig("contrastive"), []).loss(_FixedHead(images, texts, 5.0), None, batch)
+    clip = contrastive_loss(images, texts, torch.tensor(5.0))
+    assert float(sum(terms.values())) == pytest.approx(float(sum(clip.values())), rel=1e-6)

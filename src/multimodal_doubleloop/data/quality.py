@@ -29,6 +29,7 @@ REASONS = {
     "unknown_image_id": "the annotation points to an image id absent from `images`",
     "duplicate_annotation_id": "an earlier annotation has the same id (the first is kept)",
     "duplicate_image_id": "an earlier image entry has the same id (the first is kept)",
+    "bad_annotation_record": "the annotation lacks an integer id",
     "bad_image_record": "the image entry lacks an integer id or a string file_name",
 }
 

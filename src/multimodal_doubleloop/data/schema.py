@@ -34,7 +34,7 @@ def validate_table(table: pd.DataFrame) -> pd.DataFrame:
         nulls = int(table[column].isna().sum())
         if nulls:
             raise SchemaError(f"column {column!r} has {nulls} empty value(s)")
-    bad_splits = sorted(set(table["split"]) - set(SPLITS))
+    bad_splits = sorted(set(table["split"].unique()) - set(SPLITS))
     if bad_splits:
         raise SchemaError(f"unknown split value(s) {bad_splits}; use {SPLITS}")
     duplicated = table["sample_id"][table["sample_id"].duplicated()]

@@ -74,10 +74,11 @@ def encode(
     ids = np.empty((n, max_length), dtype=np.int32)
     mask = np.empty((n, max_length), dtype=np.int8)
     for start in range(0, n, chunk):
-        encodings = tokenizer.encode_batch(list(texts[start : start + chunk]))
+        # no character offsets: faster, and only the ids are read
+        encodings = tokenizer.encode_batch_fast(list(texts[start : start + chunk]))
         stop = start + len(encodings)
         ids[start:stop] = [e.ids for e in encodings]
-        mask[start:stop] = [e.attention_mask for e in encodings]
+    np.not_equal(ids, PAD_ID, out=mask, casting="unsafe")  # [PAD] only ever pads
     return ids, mask
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -130,8 +131,8 @@ class TasksConfig:
     definitions: dict[str, TaskConfig] = field(default_factory=lambda: {"answer": TaskConfig()})
 
     def __post_init__(self):
-        if isinstance(self.active, str):  # `--params tasks.active=caption,retrieval`
-            self.active = [a.strip() for a in self.active.split(",") if a.strip()]
+        if isinstance(self.active, str):  # `--params tasks.active=caption+retrieval`
+            self.active = [a for a in re.split(r"[+,\s]+", self.active) if a]
         self.active = list(self.active)
         unknown = [a for a in self.active if a not in self.definitions]
         if not self.active or unknown or len(set(self.active)) != len(self.active):

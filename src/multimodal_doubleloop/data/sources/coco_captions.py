@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..quality import problems_frame
 from ..schema import SPLITS
@@ -45,6 +47,15 @@ class CocoCaptionsConfig:
                 f"coco_captions.splits keys {sorted(self.splits)} must include 'train' and "
                 f"be among {SPLITS} (bad: {bad})"
             )
+
+
+def _join(prefix: str, values: pa.Array) -> pa.Array:
+    """prefix + str(value), element-wise in Arrow (no Python loop over rows)."""
+    return pc.binary_join_element_wise(prefix, pc.cast(values, pa.string()), "")
+
+
+def _strings(values: pa.Array) -> pd.Series:
+    return pd.Series(pd.arrays.ArrowStringArray(values))
 
 
 def _first_wins(ids: pd.Series) -> np.ndarray:
@@ -103,35 +114,34 @@ def _read_split(root: Path, name: str, split: str) -> tuple[pd.DataFrame, list[p
     ann_image = pd.Series([a.get("image_id") if isinstance(a, dict) else None for a in anns], dtype=object)
     caption = pd.Series([a.get("caption") if isinstance(a, dict) else None for a in anns], dtype=object)
     record = lambda i: f"annotation {ann_id[i]} in {path.name}"  # noqa: E731
-    is_int = ann_image.map(type).eq(int).to_numpy()
+    has_id = ann_id.map(type).eq(int).to_numpy()
+    problem(~has_id, "bad_annotation_record", record, lambda i: f"id={ann_id[i]!r}")
+    is_int = has_id & ann_image.map(type).eq(int).to_numpy()
     position = np.full(len(anns), -1, dtype=np.int64)
     if is_int.any():
         position[is_int] = known_ids.get_indexer(ann_image[is_int].astype(np.int64))
     known = position >= 0
-    problem(~known, "unknown_image_id", record, lambda i: f"image_id {ann_image[i]!r}")
+    problem(has_id & ~known, "unknown_image_id", record, lambda i: f"image_id {ann_image[i]!r}")
     is_str = caption.map(type).eq(str).to_numpy()
     problem(known & ~is_str, "caption_not_string", record,
             lambda i: f"caption is {type(caption[i]).__name__}: {str(caption[i])[:40]}")
-    text = (
-        pd.Series(caption.where(is_str, ""), dtype="string")
-        .str.replace(r"\s+", " ", regex=True)
-        .str.strip()
-    )
-    non_empty = (text.str.len() > 0).to_numpy()
+    text = pa.array([c if type(c) is str else "" for c in caption], type=pa.string())
+    text = pc.utf8_trim_whitespace(text)  # vectorised; inner whitespace is the tokenizer's business
+    non_empty = pc.greater(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False)
     problem(known & is_str & ~non_empty, "empty_caption", record, lambda i: f"caption {caption[i]!r}")
     ok = known & is_str & non_empty
     first_ann = ok & _first_wins(ann_id.where(ok))
     problem(ok & ~first_ann, "duplicate_annotation_id", record, lambda i: f"id {ann_id[i]}")
 
-    rows = first_ann
-    image_ids = known_ids.to_numpy()[position[rows]]
-    image_dir = str(root / name) + "/"
+    rows = np.flatnonzero(first_ann)
+    prefix = f"coco/{name}/"
+    image_ids = pa.array(known_ids.to_numpy()[position[rows]])
     table = pd.DataFrame(
         {
-            "sample_id": f"coco/{name}/" + ann_id[rows].astype(str).to_numpy(),
-            "image_id": f"coco/{name}/" + pd.Series(image_ids).astype(str).to_numpy(),
-            "image_path": image_dir + pd.Series(known_files[position[rows]], dtype="string").to_numpy(),
-            "text": text[rows].to_numpy(),
+            "sample_id": _strings(_join(prefix, pa.array(ann_id[rows].astype(np.int64)))),
+            "image_id": _strings(_join(prefix, image_ids)),
+            "image_path": _strings(_join(str(root / name) + "/", pa.array(known_files[position[rows]]))),
+            "text": _strings(text.take(pa.array(rows))),
             "answer": "",
             "split": split,
             "question_type": "caption",
