@@ -57,10 +57,10 @@ class ControllerConfig:
     measure_every: int = 4
     max_log_scale: float = math.log(4.0)  # |a_g| bound: LR multiplier within [1/4, 4]
     max_log_wd_scale: float = math.log(4.0)  # same for weight decay (double_loop); 0 = keep WD fixed
-    hypergradient_lr: float = 0.02  # beta of plain hypergradient descent, per step on log lr
+    hypergradient_lr: float = 0.03  # beta of plain hypergradient descent, per step on log lr
     hidden: int = 32  # LSTM width
-    meta_lr: float = 0.01  # Adam LR of the controller's own parameters
-    scale_reg: float = 0.05  # weight of a_g^2 (pull toward scale 1)
+    meta_lr: float = 0.02  # Adam LR of the controller's own parameters
+    scale_reg: float = 0.1  # weight of a_g^2 (pull toward scale 1)
     loss_ema: float = 0.9  # per-step EMA of training loss / accuracy fed to the controller
     norm_decay: float = 0.9  # per-window decay of the running feature normalisers
     seed: int = 0  # controller initialisation (private generator; training RNG untouched)
