@@ -119,3 +119,46 @@ def run_pipeline(pipeline, inputs: dict):
         catalog[name] = KeptDataset(copy_mode="assign")
     SequentialRunner().run(pipeline, catalog)
     return catalog
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory):
+    """A copy of the project (conf, notebooks) after one `kedro run --pipelines=train
+    --env test`, with its own data/, mlflow.db and mlruns/: the MLflow model it logged
+    is what the serving, CLI and notebook tests use. The run is a subprocess: an
+    in-process one would leave kedro-mlflow's runs on MLflow's active-run stack
+    (its before_node_run pushes the run once per node), and a later session in the
+    same process would log into them."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+    from urllib.parse import urlparse
+
+    import mlflow
+
+    source = Path(__file__).resolve().parents[1]
+    path = tmp_path_factory.mktemp("trained_project")
+    shutil.copytree(source / "conf", path / "conf", ignore=shutil.ignore_patterns("local"))
+    (path / "conf" / "local").mkdir()
+    shutil.copytree(source / "notebooks", path / "notebooks")
+    shutil.copy(source / "pyproject.toml", path / "pyproject.toml")
+    (path / "src").mkdir()  # the package itself is installed (pip install -e .)
+    (path / "data").mkdir()
+    kedro = Path(sys.executable).parent / "kedro"
+    command = [kedro, "run", "--pipelines", "train", "--env", "test"]
+    result = subprocess.run(command, cwd=path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    tracking_uri = f"sqlite:///{path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("multimodal_doubleloop").experiment_id
+    (run,) = client.search_runs([experiment])
+    (model,) = client.search_logged_models([experiment])
+    return SimpleNamespace(
+        path=path,
+        tracking_uri=tracking_uri,
+        run_id=run.info.run_id,
+        model_uri=f"runs:/{run.info.run_id}/model",
+        model_dir=Path(urlparse(model.artifact_location).path),  # MLmodel, artifacts/, examples
+    )

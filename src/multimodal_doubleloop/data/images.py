@@ -15,14 +15,20 @@ def decode_image(path: str, size: int) -> np.ndarray:
     """Read any PIL-readable file as RGB uint8 (size, size, 3); clear error if unreadable."""
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+            return to_rgb_array(im, size)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"image file not found: {path}") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"cannot decode image {path}: {exc}") from exc
+
+
+def to_rgb_array(im: Image.Image, size: int) -> np.ndarray:
+    """An opened image as RGB uint8 (size, size, 3), resized bilinearly when needed: the
+    one preprocessing that training and inference share."""
+    im = im.convert("RGB")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
 
 
 def decode_all(paths: Sequence[str], size: int) -> np.ndarray:

@@ -1,0 +1,156 @@
+"""Inference nodes: request table -> model batch -> head outputs -> answers.
+
+The same nodes run in `kedro run --pipeline inference`, inside the MLflow model that
+`kedro run --pipeline train` logs (kedro-mlflow's `KedroPipelineModel`), and in
+`python -m multimodal_doubleloop.predict`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from tokenizers import Tokenizer
+
+from ...data.images import to_float
+from ...data.requests import RequestError, decode_requests, encode_image_file, request_table
+from ...data.tokenizer import encode
+from ...models import ModelConfig
+from ...training.precision import resolve_device
+from ..evaluation.nodes import load_trained_model
+
+logger = logging.getLogger(__name__)
+
+ANSWER_HEAD = "answer"  # the classification head whose classes are `answer_vocab`
+
+
+class InvalidRequestError(MlflowException, RequestError):
+    """A bad request. MLflow's scoring server answers it with HTTP 400 and this message
+    (any other exception becomes a generic "unexpected error")."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def package_for_serving(trained_model: dict, tokenizer: str, answer_vocab: list[str]) -> tuple[dict, str, list[str]]:
+    """Check that model, tokenizer and answer vocabulary belong together; returns them
+    for the unversioned copies the MLflow model packs."""
+    config = ModelConfig.from_dict(trained_model["config"])
+    if config.vision is None or config.text is None:
+        raise ValueError("serving needs a model with a vision and a text tower: requests carry both")
+    answer = config.heads.get(ANSWER_HEAD)
+    if answer is not None and answer.type != "classification":
+        raise ValueError(f"head {ANSWER_HEAD!r} is a {answer.type} head; serving reads it as the classifier over answer_vocab")  # fmt: skip
+    if answer is not None and answer.num_outputs != len(answer_vocab):
+        raise ValueError(
+            f"model head {ANSWER_HEAD!r} has {answer.num_outputs} classes but answer_vocab "
+            f"has {len(answer_vocab)} answers: they come from different runs"
+        )
+    vocab_size = Tokenizer.from_str(tokenizer).get_vocab_size()
+    if config.text.vocab_size != vocab_size:
+        raise ValueError(
+            f"model text vocab_size={config.text.vocab_size} but the tokenizer has "
+            f"{vocab_size} tokens: they come from different runs"
+        )
+    return trained_model, tokenizer, answer_vocab
+
+
+def make_example_requests(samples: pd.DataFrame, params: dict) -> pd.DataFrame:
+    """The first `example_requests` test questions as a request table (base64 images):
+    what the MLflow signature is inferred from and what `--pipeline inference` scores."""
+    test = samples[samples["split"] == "test"].head(params["example_requests"])
+    if test.empty:
+        raise ValueError("the sample table has no 'test' rows to make example requests from")
+    return request_table([encode_image_file(p) for p in test["image_path"]], test["text"].tolist())
+
+
+def preprocess_requests(inference_requests: pd.DataFrame, inference_model: dict, inference_tokenizer: str) -> dict:
+    """Validated requests -> the model batch: unique images as uint8 (M, S, S, 3), the
+    image row of each text and its token ids, as training batches them."""
+    config = ModelConfig.from_dict(inference_model["config"])
+    try:
+        pixels, image_index, texts = decode_requests(inference_requests, config.vision.image_size)
+    except RequestError as exc:
+        raise InvalidRequestError(str(exc)) from exc
+    ids, mask = encode(Tokenizer.from_str(inference_tokenizer), texts, config.text.max_length)
+    length = max(int(mask.sum(1).max()), 1)  # trimmed to the longest text, as in training
+    return {
+        "images": torch.from_numpy(pixels),  # (M, S, S, 3) uint8
+        "image_index": torch.from_numpy(image_index),  # (B,)
+        "input_ids": torch.as_tensor(ids[:, :length], dtype=torch.long),  # (B, T)
+        "attention_mask": torch.as_tensor(mask[:, :length], dtype=torch.long),  # (B, T)
+    }
+
+
+def _head_output(head: torch.nn.Module, features, image_index: torch.Tensor) -> dict[str, np.ndarray]:
+    kind = head.cfg.type
+    if kind == "caption":
+        return {"ids": head.greedy(features).cpu().numpy()}  # (B, L)
+    if kind == "contrastive":
+        out = head(features)
+        return {
+            "image_embedding": out.image_embeds[image_index].float().cpu().numpy(),  # (B, E)
+            "text_embedding": out.text_embeds.float().cpu().numpy(),  # (B, E)
+        }
+    values = head(features).float()  # (B, C)
+    if kind == "classification":
+        values = values.softmax(-1)
+    elif kind == "multilabel":
+        values = values.sigmoid()
+    return {"values": values.cpu().numpy()}
+
+
+def predict(batch: dict, inference_model: dict) -> dict[str, dict[str, np.ndarray]]:
+    """Every head of the trained model on the batch: class probabilities, caption ids
+    or embeddings, keyed by head name."""
+    device = resolve_device("auto")
+    model = load_trained_model(inference_model).to(device)
+    index = batch["image_index"].to(device)
+    with torch.inference_mode():
+        features = model.features(
+            images=to_float(batch["images"]).to(device),  # (M, 3, S, S)
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            image_index=index,
+        )
+        return {name: _head_output(head, features, index) for name, head in model.heads.items()}
+
+
+def postprocess_predictions(
+    outputs: dict[str, dict[str, np.ndarray]],
+    inference_tokenizer: str,
+    inference_answer_vocab: list[str],
+    top_k: int,
+) -> pd.DataFrame:
+    """One row per request. The `answer` head gives `answer`, its `probability` and the
+    `top_k` answers with theirs (top_k <= 0: all answers); every other head of the
+    trained model (`tasks.active`) adds its own: a caption's text, contrastive
+    embeddings (`<head>_image_embedding`, `<head>_text_embedding`), or its values."""
+    first = next(iter(outputs.values()))
+    table = pd.DataFrame(index=range(len(next(iter(first.values())))))  # one row per request
+    if ANSWER_HEAD in outputs:
+        probs = outputs[ANSWER_HEAD]["values"]  # (B, C)
+        k = probs.shape[1] if top_k <= 0 else min(int(top_k), probs.shape[1])
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (B, k)
+        vocab = np.asarray(inference_answer_vocab, dtype=object)
+        top_probs = np.take_along_axis(probs, order, axis=1).astype(float)
+        table["answer"] = vocab[order[:, 0]].tolist()
+        table["probability"] = top_probs[:, 0]
+        table["top_answers"] = [list(row) for row in vocab[order]]
+        table["top_probabilities"] = [list(row) for row in top_probs]
+    tokenizer = None
+    for name, out in outputs.items():
+        if name == ANSWER_HEAD:
+            continue
+        if "ids" in out:
+            tokenizer = tokenizer or Tokenizer.from_str(inference_tokenizer)
+            table[name] = tokenizer.decode_batch(out["ids"].tolist(), skip_special_tokens=True)
+        else:
+            for key, values in out.items():
+                column = name if key == "values" else f"{name}_{key}"
+                table[column] = values.astype(float).tolist()  # (B,) or (B, E) -> lists
+    return table

@@ -1,0 +1,51 @@
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import (
+    make_example_requests,
+    package_for_serving,
+    postprocess_predictions,
+    predict,
+    preprocess_requests,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """requests (base64 image + text) -> answers with probabilities."""
+    return Pipeline(
+        [
+            Node(
+                preprocess_requests,
+                ["inference_requests", "inference_model", "inference_tokenizer"],
+                "inference_batch",
+                name="preprocess_requests",
+            ),
+            Node(predict, ["inference_batch", "inference_model"], "inference_outputs", name="predict"),
+            Node(
+                postprocess_predictions,
+                ["inference_outputs", "inference_tokenizer", "inference_answer_vocab", "params:inference.top_k"],
+                "predictions",
+                name="postprocess_predictions",
+            ),
+        ]
+    )
+
+
+def create_packaging_pipeline(**kwargs) -> Pipeline:
+    """Runs with training: the unversioned artifacts the MLflow model packs, and example
+    requests its signature is inferred from."""
+    return Pipeline(
+        [
+            Node(
+                package_for_serving,
+                ["trained_model", "tokenizer", "answer_vocab"],
+                ["inference_model", "inference_tokenizer", "inference_answer_vocab"],
+                name="package_for_serving",
+            ),
+            Node(
+                make_example_requests,
+                ["samples", "params:inference"],
+                "inference_requests",
+                name="make_example_requests",
+            ),
+        ]
+    )

@@ -1,0 +1,85 @@
+import base64
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from multimodal_doubleloop.data.images import decode_image
+from multimodal_doubleloop.data.requests import (
+    RequestError,
+    decode_base64_image,
+    decode_requests,
+    encode_image,
+    encode_image_file,
+    request_table,
+)
+
+
+def _image_bytes(fmt: str, size=(40, 30), color=(200, 20, 20)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_png_file_decodes_exactly_as_training_decodes_it(samples):
+    path = samples["image_path"].iloc[0]
+    assert np.array_equal(decode_base64_image(encode_image_file(path), 64), decode_image(path, 64))
+
+
+def test_jpeg_is_resized_to_the_model_size():
+    pixels = decode_base64_image(encode_image(_image_bytes("JPEG")), 64)
+    assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8
+    assert abs(int(pixels[32, 32, 0]) - 200) < 8  # JPEG is lossy, the colour survives
+
+
+def test_data_url_and_line_wrapped_base64_are_accepted():
+    raw = _image_bytes("PNG")
+    b64 = encode_image(raw)
+    expected = decode_base64_image(b64, 16)
+    wrapped = "\n".join(b64[i : i + 76] for i in range(0, len(b64), 76))  # `base64` default output
+    assert np.array_equal(decode_base64_image(wrapped, 16), expected)
+    assert np.array_equal(decode_base64_image("data:image/png;base64," + b64, 16), expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("@@@ not base64 @@@", "not valid base64"),
+        ("iVBORw0KGgo", "not valid base64"),  # bad padding
+        (base64.b64encode(b"just some text").decode(), "not a PNG or JPEG image"),
+        (encode_image(_image_bytes("GIF")), "not a PNG or JPEG image"),
+        (encode_image(_image_bytes("PNG")[:60]), "cannot decode the image"),  # truncated
+        ("", "is empty"),
+        (None, "must be a base64 string, got NoneType"),
+    ],
+)
+def test_bad_images_say_what_is_wrong(value, message):
+    with pytest.raises(RequestError, match=message):
+        decode_base64_image(value, 64, row=3)
+
+
+def test_decode_requests_dedupes_images_and_keeps_order():
+    a, b = encode_image(_image_bytes("PNG", color=(0, 0, 255))), encode_image(_image_bytes("JPEG"))
+    pixels, index, texts = decode_requests(request_table([a, b, a], ["q1", "q2", "q3"]), 32)
+    assert pixels.shape == (2, 32, 32, 3)
+    assert index.tolist() == [0, 1, 0] and texts == ["q1", "q2", "q3"]
+    assert pixels[0, 16, 16].tolist() == [0, 0, 255]
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (pd.DataFrame({"image": ["x"]}), r"lack column\(s\) \['text'\]"),
+        (pd.DataFrame({"img": ["x"], "txt": ["q"]}), r"lack column\(s\) \['image', 'text'\]"),
+        (request_table([], []), "no rows"),
+        (request_table(["x"], ["   "]), "row 0: column 'text' is empty"),
+        (request_table(["x"], [None]), "row 0: column 'text' must be a string"),
+        (request_table(["x", "@@"], ["q", "q"]), "row 0: column 'image' is not valid base64"),
+        ([{"image": "x", "text": "q"}], "must be a pandas DataFrame"),
+    ],
+)
+def test_bad_tables_say_which_row_and_column(table, message):
+    with pytest.raises(RequestError, match=message):
+        decode_requests(table, 32)

@@ -1,0 +1,159 @@
+"""The MLflow model that `kedro run --pipeline=train` logs, served for real by
+`mlflow models serve --env-manager local` on loopback, and loaded in-process."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from PIL import Image
+
+from multimodal_doubleloop.data.requests import encode_image
+from multimodal_doubleloop.datasets import TorchModelDataset
+from multimodal_doubleloop.predict import run_inference
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent  # the venv's bin: mlflow, and uvicorn which it execs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained_project) -> Path:
+    assert (trained_project.model_dir / "MLmodel").exists()
+    return trained_project.model_dir
+
+
+@pytest.fixture(scope="module")
+def server(trained_project):
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": trained_project.tracking_uri,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    }
+    log = open(trained_project.path / "serve.log", "wb")  # noqa: SIM115 (closed below)
+    command = [BIN / "mlflow", "models", "serve", "-m", trained_project.model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=trained_project.path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow models serve exited {proc.returncode}:\n{(trained_project.path / 'serve.log').read_text()[-3000:]}")  # fmt: skip
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"no /ping from the server in 180 s:\n{(trained_project.path / 'serve.log').read_text()[-3000:]}")  # fmt: skip
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and the uvicorn worker it started
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _post(url: str, frame: pd.DataFrame, params: dict | None = None) -> requests.Response:
+    payload = {"dataframe_split": frame.to_dict(orient="split")}
+    payload["dataframe_split"].pop("index")
+    if params:
+        payload["params"] = params
+    return requests.post(f"{url}/invocations", json=payload, timeout=60)
+
+
+def _requests(trained_project) -> pd.DataFrame:
+    """The example requests the train run wrote, one as JPEG, one repeated."""
+    frame = pd.read_parquet(trained_project.path / "data/05_model_input/inference_requests.parquet")
+    jpeg = io.BytesIO()
+    Image.open(io.BytesIO(base64.b64decode(frame["image"].iloc[0]))).convert("RGB").save(jpeg, format="JPEG")
+    extra = pd.DataFrame({"image": [encode_image(jpeg.getvalue()), frame["image"].iloc[1]], "text": ["what shape is it?", "what color is the shape?"]})  # fmt: skip
+    return pd.concat([frame, extra], ignore_index=True)
+
+
+def _in_process(trained_project, frame: pd.DataFrame, top_k: int) -> pd.DataFrame:
+    serving = trained_project.path / "data/06_models/serving"
+    return run_inference(
+        frame,
+        TorchModelDataset(str(serving / "model.pt")).load(),
+        (serving / "tokenizer.json").read_text(),
+        json.loads((serving / "answer_vocab.json").read_text()),
+        top_k,
+    )
+
+
+def test_logged_model_has_signature_example_and_only_unversioned_artifacts(model_dir):
+    model = mlflow.models.Model.load(model_dir / "MLmodel")
+    inputs = model.signature.inputs.to_dict()
+    assert [(c["name"], c["type"]) for c in inputs] == [("image", "string"), ("text", "string")]
+    assert {p.name: p.default for p in model.signature.params.params}["inference.top_k"] == 3
+    example = json.loads((model_dir / "serving_input_example.json").read_text())
+    assert example["dataframe_split"]["columns"] == ["image", "text"]
+    assert base64.b64decode(example["dataframe_split"]["data"][0][0]).startswith(b"\x89PNG")
+    artifacts = {p.name for p in (model_dir / "artifacts").iterdir()}
+    assert artifacts == {"model.pt", "tokenizer.json", "answer_vocab.json", "params_inference.top_k.pkl"}
+    assert "torch==" in (model_dir / "requirements.txt").read_text()
+
+
+def test_served_answers_match_in_process_predictions(trained_project, server, model_dir):
+    frame = _requests(trained_project)
+    response = _post(server, frame)
+    assert response.status_code == 200, response.text
+    served = pd.DataFrame(response.json()["predictions"])
+    expected = _in_process(trained_project, frame, top_k=3)
+    loaded = mlflow.pyfunc.load_model(str(model_dir)).predict(frame)
+    for other in (expected, loaded):
+        assert served["answer"].tolist() == other["answer"].tolist()
+        assert served["top_answers"].tolist() == [list(a) for a in other["top_answers"]]
+        np.testing.assert_allclose(np.stack(served["top_probabilities"]), np.stack(other["top_probabilities"]), atol=1e-6)  # fmt: skip
+    # the logged input example is itself a valid request, and top_k can be set per request
+    example = (model_dir / "serving_input_example.json").read_text()
+    response = requests.post(f"{server}/invocations", data=example, headers={"Content-Type": "application/json"}, timeout=60)  # fmt: skip
+    assert response.status_code == 200 and len(response.json()["predictions"][0]["top_answers"]) == 3
+    five = _post(server, frame.head(2), params={"inference.top_k": 5}).json()["predictions"]
+    assert [len(p["top_answers"]) for p in five] == [5, 5]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"image": "@@@ this is not base64 @@@"}, "row 1: column 'image' is not valid base64"),
+        ({"image": base64.b64encode(b"GIF89a? no, plain text").decode()}, "row 1: column 'image' decodes to 22 bytes that are not a PNG or JPEG image"),  # fmt: skip
+        ({"text": ""}, "row 1: column 'text' is empty"),
+        ({"text": None}, "Model is missing inputs ['text']"),  # the column is dropped
+    ],
+    ids=["bad-base64", "not-an-image", "empty-text", "missing-column"],
+)
+def test_bad_requests_get_400_with_a_clear_message_and_the_server_stays_up(trained_project, server, change, message):  # fmt: skip
+    frame = _requests(trained_project).head(2).copy()
+    for column, value in change.items():
+        if value is None:
+            frame = frame.drop(columns=column)
+        else:
+            frame.loc[1, column] = value
+    response = _post(server, frame)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert message in body["message"]
+    assert requests.get(f"{server}/ping", timeout=5).status_code == 200
+    assert _post(server, _requests(trained_project).head(1)).status_code == 200
