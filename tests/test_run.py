@@ -49,7 +49,7 @@ def test_train_pipeline_end_to_end(project):
     assert len(runs) == 1
     run = runs[0]
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
-    assert run.data.params["training.lr"] == "0.002"  # parameters are logged, flattened
+    assert run.data.params["training.lr"] == "0.001"  # parameters are logged, flattened
     client = mlflow.MlflowClient()
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "tokenizer")}
