@@ -41,7 +41,11 @@ def main() -> None:
     from multimodal_doubleloop.data.images import image_store
     from multimodal_doubleloop.models import ModelConfig, build_model
     from multimodal_doubleloop.pipelines.ingestion.nodes import decode_images, ingest_samples
-    from multimodal_doubleloop.pipelines.tokenization.nodes import build_answer_vocab, encode_texts, fit_tokenizer
+    from multimodal_doubleloop.pipelines.tokenization.nodes import (
+        build_answer_vocab,
+        encode_texts,
+        fit_tokenizer,
+    )
     from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
     from multimodal_doubleloop.training.config import TrainConfig
     from multimodal_doubleloop.training.loop import train
