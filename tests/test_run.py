@@ -1,41 +1,48 @@
-"""One real `kedro run --pipeline=train --env test` through KedroSession, with its own
+"""One real `kedro run --pipeline=train --env test` (a KedroSession in a subprocess), with its own
 MLflow sqlite store, in a copy of the project's conf so nothing touches ./data."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
 import pytest
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 
 PROJECT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
+def project(tmp_path):
     shutil.copytree(PROJECT / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
     (tmp_path / "conf" / "local").mkdir()
     shutil.copy(PROJECT / "pyproject.toml", tmp_path / "pyproject.toml")
     (tmp_path / "src").mkdir()  # the package itself is installed (pip install -e .)
     (tmp_path / "data").mkdir()
-    monkeypatch.chdir(tmp_path)  # the sqlite MLflow store is relative: tmp_path/mlflow.db
-    bootstrap_project(tmp_path)
-    yield tmp_path
-    mlflow.end_run()
+    return tmp_path  # kedro runs with cwd=tmp_path: the sqlite MLflow store is tmp_path/mlflow.db
 
 
-def run_train(project: Path, **params):
-    with KedroSession.create(project_path=project, env="test", runtime_params=params) as session:
-        return session.run(pipeline_name="train")
+def run_kedro(project: Path, pipeline: str = "train") -> None:
+    """`kedro run --pipeline=<pipeline> --env test` in its own process: kedro-mlflow
+    keeps an MLflow run active per process, which would leak into other tests' stores."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kedro", "run", f"--pipeline={pipeline}", "--env", "test"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"},
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 @pytest.mark.slow
 def test_train_pipeline_end_to_end(project):
-    run_train(project)
+    run_kedro(project)
     metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     assert {"test_accuracy_yes_no", "test_accuracy_color", "test_accuracy_shape"} <= set(metrics)
@@ -59,12 +66,8 @@ def test_train_pipeline_end_to_end(project):
 
 @pytest.mark.slow
 def test_torchrun_entry_point_trains_from_the_catalog(project):
-    import subprocess
-    import sys
-
     for name in ("ingestion", "tokenization"):
-        with KedroSession.create(project_path=project, env="test") as session:
-            session.run(pipeline_name=name)
+        run_kedro(project, name)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "multimodal_doubleloop.train", "--env", "test", "--project", str(project)],
