@@ -126,3 +126,12 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
     for step in range(1, 6):
         save_checkpoint(tmp_path, step, {"w": torch.zeros(1)}, {}, keep_last=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004.pt", "step_00000005.pt"]
+
+
+def test_best_checkpoint_survives_pruning(tmp_path):
+    save_checkpoint(tmp_path, 1, {"w": torch.ones(1)}, {}, keep_last=1, best=True)
+    for step in (2, 3):
+        save_checkpoint(tmp_path, step, {"w": torch.zeros(1)}, {}, keep_last=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000003.pt"]
+    payload, meta = load_checkpoint(tmp_path / "best.pt")
+    assert meta["step"] == 1 and torch.equal(payload["w"], torch.ones(1))

@@ -38,8 +38,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def save_checkpoint(directory: str | Path, step: int, payload: dict, meta: dict, keep_last: int) -> Path:
-    """Write `payload` (tensors and plain containers) and `meta` (JSON) for `step`."""
+def save_checkpoint(
+    directory: str | Path, step: int, payload: dict, meta: dict, keep_last: int, best: bool = False
+) -> Path:
+    """Write `payload` (tensors and plain containers) and `meta` (JSON) for `step`;
+    with `best`, also (atomically) as `best.pt`/`best.json`, which pruning keeps."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -50,6 +53,9 @@ def save_checkpoint(directory: str | Path, step: int, payload: dict, meta: dict,
     meta = {**meta, "step": step, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     # The JSON lands last: a checkpoint without its JSON is incomplete and ignored.
     _atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
+    if best:
+        _atomic_write(directory / "best.pt", data)
+        _atomic_write(directory / "best.json", json.dumps(meta, indent=1).encode())
     for old in list_checkpoints(directory)[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)
         old.with_suffix(".json").unlink(missing_ok=True)

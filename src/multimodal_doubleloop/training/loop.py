@@ -286,7 +286,7 @@ def train(
             _restore_rng(payload["rng"])
             logger.info("Resumed from checkpoint at step %d (epoch %d)", state.step, state.epoch)
 
-    def checkpoint() -> None:
+    def checkpoint(best: bool = False) -> None:
         if not ctx.is_main:  # rank 0 alone writes
             return
         payload = {
@@ -298,7 +298,7 @@ def train(
             "rng": _rng_state(),
         }
         meta = {"config": run_config, "state": asdict(state)}
-        save_checkpoint(cfg.checkpoint_dir, state.step, payload, meta, cfg.keep_last)
+        save_checkpoint(cfg.checkpoint_dir, state.step, payload, meta, cfg.keep_last, best=best)
 
     bar = tqdm(
         total=total_steps,
@@ -406,6 +406,8 @@ def train(
         state.batch_in_epoch = state.epoch_seen = state.epoch_correct = 0
         state.epoch_loss_sum = 0.0
         if cfg.checkpoint_every:
-            checkpoint()
+            # the best epoch by validation loss is kept as best.pt beside the last K
+            losses = [r["val_loss"] for r in state.history if "val_loss" in r]
+            checkpoint(best=bool(losses) and losses[-1] <= min(losses))
     bar.close()
     return state
