@@ -11,6 +11,7 @@ Run the train pipeline once (or at least `--pipeline ingestion` and
 
 Every rank loads the inputs from the catalog and joins the process group from
 torchrun's environment; rank 0 alone saves `trained_model` and `training_history`.
+No Kedro hooks run here, so nothing is logged to MLflow.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import logging
 import os
 from pathlib import Path
 
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
+from kedro.config import OmegaConfigLoader
+from kedro.io import DataCatalog
 
 from .pipelines.training.nodes import train_model
 from .training import distributed
@@ -38,19 +39,24 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
     ctx = distributed.init_from_env()
     project = Path(args.project).resolve()
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, env=args.env) as session:
-        context = session.load_context()
-        catalog, params = context.catalog, context.params
-        inputs = [catalog.load(name) for name in INPUTS]
-        training = {**params["training"], "world_size": ctx.world_size}
-        trained, _curves, history = train_model(
-            *inputs, params["model"], training, params.get("tasks", {})
-        )
-        if ctx.is_main:
-            catalog.save("trained_model", trained)
-            catalog.save("training_history", history)
-            logger.info("rank 0 saved trained_model and training_history")
+    os.chdir(project)  # catalog paths are relative to the project root
+    # The catalog and parameters without a KedroSession: no hooks run, so the ranks
+    # never touch the MLflow store (two ranks creating it at once race on sqlite).
+    conf = OmegaConfigLoader(
+        conf_source=str(project / "conf"),
+        base_env="base",
+        default_run_env=args.env or "local",
+        merge_strategy={"parameters": "soft"},
+    )
+    catalog = DataCatalog.from_config(conf["catalog"])
+    params = conf["parameters"]
+    inputs = [catalog.load(name) for name in INPUTS]
+    training = {**params["training"], "world_size": ctx.world_size}
+    trained, _curves, history = train_model(*inputs, params["model"], training, params.get("tasks", {}))
+    if ctx.is_main:
+        catalog.save("trained_model", trained)
+        catalog.save("training_history", history)
+        logger.info("rank 0 saved trained_model and training_history")
     distributed.destroy()
 
 

@@ -128,3 +128,8 @@ def broadcast_scales(scales: dict[str, float], names: list[str]) -> dict[str, fl
 def destroy() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if context().world_size > 1:
+        dist.barrier()
