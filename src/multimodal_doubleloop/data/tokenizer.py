@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from tokenizers import (
@@ -86,3 +87,24 @@ def fingerprint(tokenizer_json: str) -> str:
     """SHA-256 of the tokenizer's content, independent of JSON key order."""
     canonical = json.dumps(json.loads(tokenizer_json), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class TokenizationConfig:
+    vocab_size: int = 1000  # WordPiece vocabulary cap
+    min_frequency: int = 1
+    max_length: int = 16  # tokens per text incl. [CLS]/[SEP]
+
+    def __post_init__(self):
+        if self.vocab_size < len(SPECIAL_TOKENS) + 1:
+            raise ValueError(f"vocab_size={self.vocab_size} must exceed the {len(SPECIAL_TOKENS)} special tokens")
+        if self.min_frequency < 1 or self.max_length < 3:
+            raise ValueError(
+                f"min_frequency={self.min_frequency} must be >= 1 and max_length={self.max_length} >= 3"
+            )
+
+    @classmethod
+    def from_dict(cls, params: dict) -> TokenizationConfig:
+        from ..models.strict import build
+
+        return build(cls, params, "tokenization")

@@ -55,3 +55,14 @@ def test_tokenizer_training_is_reproducible_across_processes():
         for seed in (1, 2)
     }
     assert len(prints) == 1
+
+
+def test_bad_tokenization_params_fail_with_key_path(samples):
+    import pytest
+
+    from multimodal_doubleloop.pipelines.tokenization.nodes import fit_tokenizer
+
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['vocab'\] in tokenization"):
+        fit_tokenizer(samples, {"vocab": 10})
+    with pytest.raises(ValueError, match=r"tokenization.max_length='16' has type str"):
+        fit_tokenizer(samples, {"max_length": "16"})

@@ -7,7 +7,7 @@ import logging
 import pandas as pd
 from tokenizers import Tokenizer
 
-from ...data.tokenizer import encode, train_tokenizer
+from ...data.tokenizer import TokenizationConfig, encode, train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -15,17 +15,19 @@ logger = logging.getLogger(__name__)
 def fit_tokenizer(samples: pd.DataFrame, params: dict) -> str:
     """Train on the `train` split's texts; returns the tokenizer as JSON text."""
     texts = samples.loc[samples["split"] == "train", "text"].tolist()
-    tokenizer = train_tokenizer(texts, params["vocab_size"], params["min_frequency"])
+    cfg = TokenizationConfig.from_dict(params)
+    tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.min_frequency)
     logger.info("Trained WordPiece tokenizer: %d tokens", tokenizer.get_vocab_size())
     return tokenizer.to_str()
 
 
 def encode_texts(samples: pd.DataFrame, tokenizer: str, params: dict) -> dict:
     """Token ids and attention masks for every row, aligned with `samples`."""
-    ids, mask = encode(Tokenizer.from_str(tokenizer), samples["text"].tolist(), params["max_length"])
-    truncated = int((mask.sum(1) == params["max_length"]).sum())
+    max_length = TokenizationConfig.from_dict(params).max_length
+    ids, mask = encode(Tokenizer.from_str(tokenizer), samples["text"].tolist(), max_length)
+    truncated = int((mask.sum(1) == max_length).sum())
     if truncated:
-        logger.warning("%d texts reach tokenization.max_length=%d and may be truncated", truncated, params["max_length"])
+        logger.warning("%d texts reach tokenization.max_length=%d and may be truncated", truncated, max_length)
     return {"sample_id": samples["sample_id"].to_numpy(), "input_ids": ids, "attention_mask": mask}
 
 
