@@ -11,7 +11,7 @@ fixed (no adapter), hypergradient, double_loop. Two figures per method:
   interleaved rounds (fixed, hypergradient, double_loop, fixed, ...) so load drift
   hits all alike; noisy at the 1% level on a busy machine.
 
-    .venv/bin/python benchmarks/controller_overhead.py [--steps 24] [--rounds 3] [--every 20] [--measure-every 4] [--threads 2]
+    .venv/bin/python benchmarks/controller_overhead.py [--steps 24] [--rounds 3] [--every 16] [--measure-every 4] [--threads 2]
 
 Figures are logged to stderr; the last line of stdout is one JSON object whose
 `overhead_fraction` is the larger direct fraction of the two methods (goal <= 0.02).
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=24, help="optimiser steps per run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of all methods")
-    parser.add_argument("--every", type=int, default=20, help="training.controller.every")
+    parser.add_argument("--every", type=int, default=16, help="training.controller.every")
     parser.add_argument("--measure-every", type=int, default=4, help="training.controller.measure_every")
     parser.add_argument("--images-per-batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)

@@ -10,7 +10,8 @@ with u_t = m_hat_t / (sqrt(v_hat_t) + eps) the bias-corrected Adam direction,
 `HypergradientMeter.measure` runs when g_{t+1} is final (unscaled, clipped) and
 before step t+1: the optimiser then still holds m_t, v_t and the lr/wd of step t,
 so u_t and theta_t = (theta_{t+1} + lr u_t) / (1 - lr wd) are rebuilt exactly from
-its state. Nothing parameter-sized is kept between steps, and resuming from the
+its state. (Under clipping g_{t+1} is the clipped gradient, a positive rescaling
+that leaves the cosines below unchanged.) Nothing parameter-sized is kept between steps, and resuming from the
 optimiser's checkpoint gives the same numbers. A measurement costs about as much
 memory traffic as an optimiser step (flat copies of g, theta, m, v and six dot
 products); results stay on the device until `read` (once per window).
@@ -52,7 +53,6 @@ class HypergradientMeter:
 
     def __init__(self, names: list[str]):
         self.names = list(names)
-        self.index = {name: i for i, name in enumerate(self.names)}
         self.sums = torch.zeros(len(self.names), len(FIELDS), dtype=torch.float64)
 
     @torch.no_grad()
@@ -61,6 +61,8 @@ class HypergradientMeter:
         # Per component: [-lr<g,d>, |g|^2, |lr d|^2, |theta_t|^2, -lr wd <g,theta_t>, |g_dec|^2, |lr wd theta_t|^2]
         parts: dict[str, list[torch.Tensor]] = {}
         for group in optimizer.param_groups:
+            if group["name"] not in self.names:  # e.g. learned loss weights: not adapted
+                continue
             lr, wd, beta1, beta2, eps = _adam_hyperparameters(group)
             buckets = defaultdict(list)  # optimiser step count -> params (one bucket unless some params skipped steps)
             for p in group["params"]:
