@@ -74,6 +74,10 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _peak_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def measure(root: str, vocab_size: int, max_length: int) -> dict:
     """Ingest and tokenize `root` in this process; seconds per stage and peak RSS."""
     from multimodal_doubleloop.pipelines.ingestion.nodes import ingest
@@ -91,11 +95,13 @@ def measure(root: str, vocab_size: int, max_length: int) -> dict:
     load = os.getloadavg()[0]
     cpu_start = _cpu_seconds()
     start = time.perf_counter()
+    peaks = {"imports": _peak_mb()}
     samples, quarantine, _ = ingest(ingestion, tasks)
-    ingested = time.perf_counter()
+    ingested, cpu_ingested, peaks["ingest"] = time.perf_counter(), _cpu_seconds(), _peak_mb()
     tokenizer = fit_tokenizer(samples, tokenization)
+    fitted, cpu_fitted, peaks["fit_tokenizer"] = time.perf_counter(), _cpu_seconds(), _peak_mb()
     encoded = encode_texts(samples, tokenizer, tokenization)
-    done = time.perf_counter()
+    done, peaks["encode"] = time.perf_counter(), _peak_mb()
     assert len(encoded["input_ids"]) == len(samples) and quarantine.empty
     return {
         "seconds": round(done - start, 2),
@@ -103,8 +109,15 @@ def measure(root: str, vocab_size: int, max_length: int) -> dict:
         "cpu_seconds": round(_cpu_seconds() - cpu_start, 2),
         "load_average_1min": round(load, 2),  # > 2 on 2 cores: other work shares them
         "ingest_seconds": round(ingested - start, 2),
-        "tokenize_seconds": round(done - ingested, 2),
-        "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "fit_tokenizer_seconds": round(fitted - ingested, 2),
+        "encode_seconds": round(done - fitted, 2),
+        "cpu_seconds_by_stage": {
+            "ingest": round(cpu_ingested - cpu_start, 2),
+            "fit_tokenizer": round(cpu_fitted - cpu_ingested, 2),
+            "encode": round(_cpu_seconds() - cpu_fitted, 2),
+        },
+        "peak_mb_by_stage": peaks,  # the running maximum after each stage
+        "peak_mb": _peak_mb(),
         "captions": len(samples),
         "images": int(samples["image_id"].nunique()),
         "splits": {k: int(v) for k, v in samples["split"].value_counts().items()},

@@ -123,15 +123,16 @@ def test_contrastive_metrics_and_zero_shot():
     task = ContrastiveTask("retrieval", TaskConfig("contrastive", zero_shot="label", prompt="a {}"), ["cat", "dog"])
     e = torch.eye(3)
     out = {
-        "image_rows": torch.tensor([10, 11, 12]),
-        "image_embeds": torch.stack([e[0], e[1], e[1]]),  # images 11 and 12 look alike
+        # image 13 has no description and no known class: in neither gallery nor zero-shot
+        "image_rows": torch.tensor([10, 11, 12, 13]),
+        "image_embeds": torch.stack([e[0], e[1], e[1], e[2]]),  # images 11 and 12 look alike
         "text_ids": torch.tensor([0, 1, 1, 2]),
         "text_image_rows": torch.tensor([10, 11, 11, 12]),  # text 1 is row 11's, twice
         "text_embeds": torch.stack([e[0], e[1], e[1], e[2]]),
     }
-    table = pd.DataFrame({"image_id": ["i10", "i11", "i12"], "label": ["cat", "dog", "cat"]})
+    table = pd.DataFrame({"image_id": ["i10", "i11", "i12", "i13"], "label": ["cat", "dog", "cat", ""]})
     context = {
-        "image_ids": {10: "i10", 11: "i11", 12: "i12"},
+        "image_ids": {10: "i10", 11: "i11", 12: "i12", 13: "i13"},
         "encode_text": lambda name, texts: torch.stack([e[0], e[1]]) if texts == ["a cat", "a dog"] else None,
     }
     m = task.metrics(out, table, context)

@@ -382,9 +382,8 @@ class MultilabelTask:
             "macro_f1": multilabel_f1_score(probs, target, n, average="macro"),
             "map": multilabel_average_precision(probs, target, n, average="macro"),
             "exact_match": multilabel_exact_match(probs, target, n),
-            "images": len(target),
         }
-        return {k: float(v) for k, v in metrics.items()}
+        return {**{k: float(v) for k, v in metrics.items()}, "images": len(target)}
 
     def needs_text(self, head: nn.Module) -> bool:
         return False
@@ -509,7 +508,10 @@ class ContrastiveTask:
         return parts
 
     def metrics(self, out: dict, table: pd.DataFrame, context: dict) -> dict:
-        image_rows, image_embeds = out["image_rows"], out["image_embeds"]  # (I,), (I, E)
+        # the gallery: images with a description (an image without one is no one's match,
+        # yet may look exactly like one: easy-VQA images of unknown colour or shape)
+        described = torch.isin(out["image_rows"], out["text_image_rows"])
+        image_rows, image_embeds = out["image_rows"][described], out["image_embeds"][described]  # (I,), (I, E)
         texts, first = np.unique(out["text_ids"].numpy(), return_index=True)
         text_embeds = out["text_embeds"][first]  # (K, E) one per distinct text
         image_pos = {int(r): i for i, r in enumerate(image_rows)}
@@ -542,10 +544,11 @@ class ContrastiveTask:
         ids = [context["image_ids"][int(r)] for r in image_rows]
         index = {c: i for i, c in enumerate(self.classes)}
         truth = torch.tensor([index.get(str(per_image.get(i, "")), -1) for i in ids])
-        known = truth >= 0
+        known = truth >= 0  # images whose class is known (classes unseen in training count as wrong)
+        has_class = torch.tensor([pd.notna(per_image.get(i)) and str(per_image.get(i)) != "" for i in ids])
         context.setdefault("confusions", {})[self.name] = (predicted[known], truth[known], self.classes)
         return {
-            "zero_shot_accuracy": float((predicted == truth).float().mean()),
+            "zero_shot_accuracy": float((predicted == truth)[has_class].float().mean()),
             "zero_shot_classes": len(self.classes),
         }
 
@@ -801,10 +804,10 @@ class Evaluation:
         outputs = {}
         for task in self.tasks.tasks:
             parts = self.parts[task.name]
-            merged = {
-                k: (sum((p[k] for p in parts), []) if isinstance(parts[0][k], list) else torch.cat([p[k] for p in parts]))
-                for k in (parts[0] if parts else {})
-            }
+            merged = {}
+            for key in parts[0] if parts else {}:
+                values = [p[key] for p in parts]
+                merged[key] = sum(values, []) if isinstance(values[0], list) else torch.cat(values)
             outputs[task.name] = {
                 **task.finish(merged, split),
                 "loss": self.sums[task.name][0] / max(self.sums[task.name][1], 1),

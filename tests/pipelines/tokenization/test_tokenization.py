@@ -66,3 +66,14 @@ def test_bad_tokenization_params_fail_with_key_path(samples):
         fit_tokenizer(samples, {"vocab": 10})
     with pytest.raises(ValueError, match=r"tokenization.max_length='16' has type str"):
         fit_tokenizer(samples, {"max_length": "16"})
+
+
+def test_word_set_matches_the_pre_tokenizer():
+    from multimodal_doubleloop.data.tokenizer import _words
+
+    texts = ["Héllo, WORLD!! a—b c's naïve café 東京 $5 <tag> x_y", "  tabs\tand\nnewlines ", "", "¿Qué? ¡Sí!"]
+    tok = train_tokenizer(texts, vocab_size=80)
+    expected = {
+        w for t in texts for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(t))
+    }
+    assert _words(tok, texts) == expected and "東" in expected and "hello" in expected

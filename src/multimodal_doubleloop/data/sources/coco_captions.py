@@ -100,7 +100,9 @@ def _read_split(root: Path, name: str, split: str) -> tuple[pd.DataFrame, list[p
     file_name = pd.Series(
         [im.get("file_name") if isinstance(im, dict) else None for im in images], dtype=object
     )
-    image_record = lambda i: f"image entry {i} in {path.name}"  # noqa: E731
+    def image_record(i: int) -> str:
+        return f"image entry {i} in {path.name}"
+
     valid = (image_id.map(type).eq(int) & file_name.map(type).eq(str)).to_numpy()
     problem(~valid, "bad_image_record", image_record,
             lambda i: f"id={image_id[i]!r} file_name={file_name[i]!r}")
@@ -113,11 +115,14 @@ def _read_split(root: Path, name: str, split: str) -> tuple[pd.DataFrame, list[p
     ann_id = pd.Series([a.get("id") if isinstance(a, dict) else None for a in anns], dtype=object)
     ann_image = pd.Series([a.get("image_id") if isinstance(a, dict) else None for a in anns], dtype=object)
     caption = pd.Series([a.get("caption") if isinstance(a, dict) else None for a in anns], dtype=object)
-    record = lambda i: f"annotation {ann_id[i]} in {path.name}"  # noqa: E731
+    del data, images, anns  # the parsed JSON: its columns are all that is kept
+    def record(i: int) -> str:
+        return f"annotation {ann_id[i]} in {path.name}"
+
     has_id = ann_id.map(type).eq(int).to_numpy()
     problem(~has_id, "bad_annotation_record", record, lambda i: f"id={ann_id[i]!r}")
     is_int = has_id & ann_image.map(type).eq(int).to_numpy()
-    position = np.full(len(anns), -1, dtype=np.int64)
+    position = np.full(len(ann_id), -1, dtype=np.int64)
     if is_int.any():
         position[is_int] = known_ids.get_indexer(ann_image[is_int].astype(np.int64))
     known = position >= 0

@@ -112,7 +112,8 @@ def read_image_folder(
     table = pd.concat(frames, ignore_index=True)
     if "val" not in cfg.splits:
         hold_out_val_images(table, val_fraction, seed)
-    unseen = sorted(set(table.loc[table["split"] != "train", "answer"]) - set(table.loc[table["split"] == "train", "answer"]))
+    train = table["split"] == "train"
+    unseen = sorted(set(table.loc[~train, "answer"].unique()) - set(table.loc[train, "answer"].unique()))
     if unseen:
         logger.warning("image_folder: class(es) %s have no training images; they score as wrong", unseen[:10])
     return table, problems_frame()

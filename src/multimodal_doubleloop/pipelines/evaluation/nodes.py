@@ -67,7 +67,8 @@ def evaluate_model(
     metrics["test_samples"] = len(split)
     logger.info("Test metrics: %s", metrics)
     figure = task_figure(tasks, result, context)
-    return metrics, {k: {"value": v, "step": 0} for k, v in metrics.items()}, figure, context.get("caption_samples", [])
+    mlflow_metrics = {k: {"value": v, "step": 0} for k, v in metrics.items()}
+    return metrics, mlflow_metrics, figure, context.get("caption_samples", [])
 
 
 def task_figure(tasks: TaskSet, result: dict, context: dict) -> plt.Figure:
