@@ -257,7 +257,7 @@ def test_caption_forward_needs_ids_and_fits_max_length():
     model = caption_model()
     feats = model.features(**tiny_batch())
     with pytest.raises(ValueError, match="needs caption_ids"):
-        model(**tiny_batch())
+        model(tasks=["caption"], **tiny_batch())
     with pytest.raises(ValueError, match="max_length=8"):
         model.heads["caption"](feats, torch.full((5, 9), BOS))
     with pytest.raises(ValueError, match="max_length"):
@@ -308,3 +308,34 @@ def test_caption_learns_and_decodes_its_captions(memory):
     for out in (head.greedy(feats), head.beam(feats, 3)):
         assert torch.equal(out, want[:, : out.shape[1]])
         assert out.shape[1] == 5  # the longest caption: 4 words and [EOS], then it stops
+
+
+def test_model_forward_runs_every_head_the_inputs_allow():
+    model = tiny_model(heads=HEADS).eval()
+    batch, y = tiny_batch(images=3, texts=5), targets(5)
+    with_captions = model(**batch, caption_ids=y["caption"])
+    assert set(with_captions) == set(HEADS)
+    torch.testing.assert_close(with_captions["caption"], run_heads(model, batch, y["caption"], ["caption"])["caption"])
+    assert set(model(**batch)) == set(HEADS) - {"caption"}  # no captions: nothing to teacher-force
+    with pytest.raises(ValueError, match="needs caption_ids"):
+        model(tasks=["caption"], **batch)
+    with pytest.raises(ValueError, match="unknown task head"):
+        model(tasks=["captions"], **batch)
+
+
+def test_grad_checkpointing_reaches_the_caption_decoder():
+    model = tiny_model(heads=HEADS)
+    model.set_grad_checkpointing(True)
+    assert model.heads["caption"].grad_checkpointing
+    batch, y = tiny_batch(images=3, texts=5), targets(5)
+    torch.manual_seed(1)
+    checkpointed = model(tasks=["caption"], caption_ids=y["caption"], **batch)["caption"]
+    checkpointed.square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    model.set_grad_checkpointing(False)
+    plain = model(tasks=["caption"], caption_ids=y["caption"], **batch)["caption"]
+    plain.square().mean().backward()
+    torch.testing.assert_close(checkpointed, plain)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, model.get_parameter(name).grad, msg=name)

@@ -257,3 +257,21 @@ def test_config_fails_loudly():
         ControllerConfig(every=10, measure_every=4)
     with pytest.raises(ValueError, match="every=0"):
         TrainConfig.from_dict({"controller": {"every": 0}})
+
+
+def test_step_mode_moves_gradually_and_reaches_beyond_the_absolute_bound():
+    """max_log_step > 0: each decision moves a log scale by at most that much, scales
+    stay within max_log_scale, and a far too small LR is raised past x4 over windows."""
+    step, bound = 0.5, math.log(1000.0)
+    cfg = ControllerConfig(
+        method="double_loop", every=2, measure_every=1, meta_lr=0.2, scale_reg=0.0,
+        max_log_scale=bound, max_log_step=step, max_log_wd_scale=0.0,
+    )
+    model = Tiny()
+    opt = _optimizer(model, lr=1e-5)
+    adapter = build_adapter(cfg, ["vision", "heads"], warmup_steps=2)
+    _drive(adapter, model, opt, steps=80, lr=1e-5)
+    logs = [[math.log(r[f"lr_scale/{g}"]) for g in ("vision", "heads")] for r in adapter.trace]
+    assert all(abs(a) <= bound + 1e-9 for row in logs for a in row)
+    assert all(abs(a - b) <= step + 1e-9 for prev, row in zip(logs, logs[1:]) for a, b in zip(prev, row))
+    assert max(adapter.scales().values()) > 4.0

@@ -283,7 +283,10 @@ def test_image_folder_classification_reads_the_image_only(tasks_params):
          "text": ["a photo of a cat", "a photo of a dog"]}
     )
     tok = Tokenizer.from_str(train_tokenizer(table["text"], vocab_size=40).to_str())
-    tasks = TaskSet.build(TasksConfig.from_dict(tasks_params), table, ["cat", "dog"], special_ids(tok))
+    with pytest.raises(ValueError, match=r"lacks .*drop the task from tasks.active"):  # easy-VQA's attributes
+        TaskSet.build(TasksConfig.from_dict({**tasks_params, "active": ["answer", "attributes"]}), table, ["cat", "dog"], special_ids(tok))
+    only_answer = TasksConfig.from_dict({**tasks_params, "active": ["answer"]})
+    tasks = TaskSet.build(only_answer, table, ["cat", "dog"], special_ids(tok))
     heads = tasks.head_configs({"answer": {"type": "classification", "hidden": 8}}, {})
     assert heads["answer"]["input"] == "image"  # the prompt names the answer
     with pytest.raises(ValueError, match="names the answer"):

@@ -88,14 +88,28 @@ class MultimodalModel(nn.Module):
             text = (pooled, tokens, attention_mask)
         return self.fusion(image, text, image_index)
 
-    def forward(self, tasks: list[str] | None = None, **batch) -> dict[str, torch.Tensor]:
-        """Run the towers once and every requested head (all by default)."""
+    def forward(
+        self, tasks: list[str] | None = None, caption_ids: torch.Tensor | None = None, **batch
+    ) -> dict[str, torch.Tensor]:
+        """Run the towers once and every requested head (by default all that the inputs
+        allow: caption heads need `caption_ids` for teacher forcing and are left out
+        without them; name one in `tasks` to get the head's own error, or call its
+        `.greedy()` / `.beam()` to generate)."""
         feats = self.features(**batch)
-        names = list(self.heads) if tasks is None else tasks
-        return {name: self.heads[name](feats) for name in names}
+        captions = [n for n, h in self.heads.items() if h.cfg.type == "caption"]
+        if tasks is None:
+            tasks = [n for n in self.heads if caption_ids is not None or n not in captions]
+        unknown = [n for n in tasks if n not in self.heads]
+        if unknown:
+            raise ValueError(f"unknown task head(s) {unknown}; this model has {list(self.heads)}")
+        return {
+            name: self.heads[name](feats, caption_ids) if name in captions else self.heads[name](feats)
+            for name in tasks
+        }
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
-        for part in (self.vision, self.text, self.fusion):
+        """Recompute activations per block in backward: towers, fusion and decoders."""
+        for part in (self.vision, self.text, self.fusion, *self.heads.values()):
             if part is not None and hasattr(part, "grad_checkpointing"):
                 part.grad_checkpointing = enabled
 

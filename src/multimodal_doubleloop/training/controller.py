@@ -57,6 +57,10 @@ class ControllerConfig:
     measure_every: int = 4
     max_log_scale: float = math.log(4.0)  # |a_g| bound: LR multiplier within [1/4, 4]
     max_log_wd_scale: float = math.log(4.0)  # same for weight decay (double_loop); 0 = keep WD fixed
+    # double_loop: 0 = each decision sets a = max_log_scale * tanh(o) (absolute); > 0 =
+    # each decision moves a by at most this much (a = a_prev + max_log_step * tanh(o)),
+    # so a wide max_log_scale is reached gradually and from evidence.
+    max_log_step: float = 0.0
     hypergradient_lr: float = 0.03  # beta of plain hypergradient descent, per step on log lr
     hidden: int = 32  # LSTM width
     meta_lr: float = 0.02  # Adam LR of the controller's own parameters
@@ -73,6 +77,7 @@ class ControllerConfig:
             "measure_every": self.measure_every >= 1 and self.every % self.measure_every == 0,
             "max_log_scale": self.max_log_scale > 0,
             "max_log_wd_scale": self.max_log_wd_scale >= 0,
+            "max_log_step": self.max_log_step >= 0,
             "hypergradient_lr": self.hypergradient_lr > 0,
             "hidden": self.hidden >= 1,
             "meta_lr": self.meta_lr > 0,
@@ -117,41 +122,51 @@ class WindowStats:
     def __init__(self, cfg: ControllerConfig, groups: list[str]):
         self.cfg = cfg
         self.meter = HypergradientMeter(groups)
-        self.loss_ema = self.acc_ema = float("nan")
-        self.ok = True
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        self.loss_ema, self.acc_ema = nan.clone(), nan.clone()  # device scalars between reads
+        self.ok = torch.tensor(True)
         self.progress = 0.0
+        self.loss = self.accuracy = float("nan")  # the EMAs as read at the last window end
 
     def observe(self, stats: dict) -> None:
-        loss, acc = float(stats["loss"]), float(stats["accuracy"])
+        """Fold one step in, on the device (no host sync)."""
+        loss = torch.as_tensor(stats["loss"]).double()
+        acc = torch.as_tensor(stats["accuracy"]).double()
+        good = torch.as_tensor(stats["finite"]) & torch.isfinite(loss) & (loss > 0)
         self.progress = float(stats.get("progress", self.progress))
-        if not (stats["finite"] and math.isfinite(loss) and loss > 0):
-            self.ok = False
-            return
+        self.ok = self.ok.to(good.device) & good
         d = self.cfg.loss_ema
-        self.loss_ema = loss if math.isnan(self.loss_ema) else d * self.loss_ema + (1 - d) * loss
-        self.acc_ema = acc if math.isnan(self.acc_ema) else d * self.acc_ema + (1 - d) * acc
+        for name, value in (("loss_ema", loss), ("acc_ema", acc)):
+            ema = getattr(self, name).to(value.device)
+            new = torch.where(torch.isnan(ema), value, d * ema + (1 - d) * value)
+            setattr(self, name, torch.where(good, new, ema))
 
     def close(self) -> tuple[dict, bool]:
         """The window's per-group means (one host sync) and whether all were finite."""
         stats = self.meter.read()
-        ok = self.ok and all(bool(torch.isfinite(v).all()) for v in stats.values())
-        ok = ok and math.isfinite(self.loss_ema) and math.isfinite(self.acc_ema)
-        self.ok = True
+        ok_now, self.loss, self.accuracy = torch.stack(
+            [self.ok.to(self.loss_ema.device).double(), self.loss_ema, self.acc_ema]
+        ).tolist()
+        ok = bool(ok_now) and all(bool(torch.isfinite(v).all()) for v in stats.values())
+        ok = ok and math.isfinite(self.loss) and math.isfinite(self.accuracy)
+        self.ok = torch.ones_like(self.ok)
         return stats, ok
 
     def state_dict(self) -> dict:
         return {
             "meter": self.meter.state_dict(),
-            "loss_ema": self.loss_ema,
-            "acc_ema": self.acc_ema,
-            "ok": self.ok,
+            "loss_ema": self.loss_ema.cpu().clone(),
+            "acc_ema": self.acc_ema.cpu().clone(),
+            "ok": self.ok.cpu().clone(),
             "progress": self.progress,
+            "read": (self.loss, self.accuracy),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.meter.load_state_dict(state["meter"])
-        self.loss_ema, self.acc_ema = state["loss_ema"], state["acc_ema"]
-        self.ok, self.progress = state["ok"], state["progress"]
+        self.loss_ema, self.acc_ema = state["loss_ema"].clone(), state["acc_ema"].clone()
+        self.ok, self.progress = state["ok"].clone(), state["progress"]
+        self.loss, self.accuracy = state["read"]
 
 
 def _as_dict(groups: list[str], log_scales: torch.Tensor) -> dict[str, float]:
@@ -184,6 +199,11 @@ class HypergradientDescent:
         self.a = torch.zeros(len(self.groups), dtype=torch.float64)  # log LR scale per group
         self.b = torch.zeros(len(self.groups), dtype=torch.float64)  # WD is not adapted here
         self.trace: list[dict] = []
+
+    @property
+    def every(self) -> int:
+        """Inner steps between decisions: the scales change only at multiples of it."""
+        return self.cfg.every
 
     def scales(self) -> dict[str, float]:
         return _as_dict(self.groups, self.a)
@@ -270,6 +290,11 @@ class DoubleLoopController:
         self.meta_error = self.meta_loss = float("nan")
         self.trace: list[dict] = []
 
+    @property
+    def every(self) -> int:
+        """Inner steps between decisions: the scales change only at multiples of it."""
+        return self.cfg.every
+
     def scales(self) -> dict[str, float]:
         return _as_dict(self.groups, self.a)
 
@@ -302,13 +327,13 @@ class DoubleLoopController:
 
     def _features(self, stats: dict) -> torch.Tensor:
         n = len(self.groups)
-        log_loss = math.log(self.window.loss_ema)
+        log_loss = math.log(self.window.loss)
         slope = 0.0 if math.isnan(self.last_log_loss) else log_loss - self.last_log_loss
         raw = torch.stack(
             [
                 torch.full((n,), log_loss, dtype=torch.float64),
                 torch.full((n,), slope, dtype=torch.float64),
-                torch.full((n,), self.window.acc_ema, dtype=torch.float64),
+                torch.full((n,), self.window.accuracy, dtype=torch.float64),
                 stats["log_grad_norm"],
                 stats["log_update_ratio"],
             ],
@@ -331,30 +356,36 @@ class DoubleLoopController:
         )
         return torch.cat([normalised, bounded], 1)  # (G, len(FEATURES))
 
-    def _bounded(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            self.cfg.max_log_scale * torch.tanh(out[:, 0]),
-            self.cfg.max_log_wd_scale * torch.tanh(out[:, 1]),
-        )
+    def _bounded(self, out: torch.Tensor, a0: torch.Tensor, b0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log scales the outputs choose, from the previous ones (a0, b0). Absolute
+        mode (max_log_step 0): a = bound * tanh(o). Step mode: a = a0 + step * tanh(o),
+        clamped to the bound, so scales far from 1 are reached over several windows."""
+        cfg = self.cfg
+        if cfg.max_log_step == 0:
+            return cfg.max_log_scale * torch.tanh(out[:, 0]), cfg.max_log_wd_scale * torch.tanh(out[:, 1])
+        a = (a0 + cfg.max_log_step * torch.tanh(out[:, 0])).clamp(-cfg.max_log_scale, cfg.max_log_scale)
+        step_wd = min(cfg.max_log_step, cfg.max_log_wd_scale)
+        b = (b0 + step_wd * torch.tanh(out[:, 1])).clamp(-cfg.max_log_wd_scale, cfg.max_log_wd_scale)
+        return a, b
 
     def _decide(self, stats: dict, frozen: bool) -> None:
         x = self._features(stats)  # normalisers learn during warm-up too
-        log_loss = math.log(self.window.loss_ema)
+        log_loss = math.log(self.window.loss)
         if not frozen:
             if self.prev is not None:
                 self._meta_update(stats, target=log_loss - self.last_log_loss)
             with torch.no_grad():
                 out, _, hc = self.net(x, self.hc)
-            self.prev = {"x": x, "h": self.hc[0], "c": self.hc[1]}
+            self.prev = {"x": x, "h": self.hc[0], "c": self.hc[1], "a": self.a, "b": self.b}
             self.hc = hc
-            self.a, self.b = (v.clone() for v in self._bounded(out))
+            self.a, self.b = (v.clone() for v in self._bounded(out, self.a, self.b))
         self.last_log_loss = log_loss
 
     def _meta_update(self, stats: dict, target: float) -> None:
         """One Adam step on the controller: the window's hypergradients (dL/da_g,
         normalised) flow back through the outputs that set this window's scales."""
         out, pred, _ = self.net(self.prev["x"], (self.prev["h"], self.prev["c"]))
-        a, b = self._bounded(out)
+        a, b = self._bounded(out, self.prev["a"], self.prev["b"])
         loss = (stats["lr_cosine"].clamp(-1, 1) * a).mean() + self.cfg.scale_reg * a.square().mean()
         if self.cfg.max_log_wd_scale > 0:
             loss = loss + (stats["wd_cosine"].clamp(-1, 1) * b).mean() + self.cfg.scale_reg * b.square().mean()

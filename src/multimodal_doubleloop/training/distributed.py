@@ -116,11 +116,12 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def broadcast_scales(scales: dict[str, float], names: list[str]) -> dict[str, float]:
-    """Rank 0's per-group decisions, identical on every rank."""
+def broadcast_scales(scales: dict[str, float], names: list[str], device: torch.device) -> dict[str, float]:
+    """Rank 0's per-group decisions, identical on every rank (`device`: where the
+    process group's backend wants tensors, e.g. the GPU for NCCL)."""
     if context().world_size == 1 or not names:
         return scales
-    values = torch.tensor([float(scales.get(n, 1.0)) for n in names], dtype=torch.float64)
+    values = torch.tensor([float(scales.get(n, 1.0)) for n in names], dtype=torch.float64, device=device)
     dist.broadcast(values, src=0)
     return dict(zip(names, values.tolist(), strict=True))
 

@@ -100,7 +100,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
             if plist:
                 groups.append({"params": plist, "weight_decay": wd, "name": name, "base_wd": wd})
     return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=cfg.betas, fused=device.type == "cuda"
+        groups, lr=cfg.lr, betas=cfg.betas, fused=True
     )
 
 
@@ -210,6 +210,79 @@ class TaskStep(nn.Module):
         return self.tasks.step(self.model, batch)
 
 
+def _optimizer_step(optimizer, scaler: torch.amp.GradScaler, finite: torch.Tensor) -> None:
+    """Step unless `finite` is False, decided on the device (no host sync): GradScaler
+    handles fp16; otherwise the fused AdamW kernel takes the same `found_inf` flag
+    GradScaler would give it and leaves weights, moments and step count untouched."""
+    if scaler.is_enabled():
+        scaler.step(optimizer)
+        return
+    optimizer.grad_scale, optimizer.found_inf = None, (~finite).float()
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale, optimizer.found_inf
+
+
+class _RunningStats:
+    """Training statistics accumulated on the device and read at sync points only."""
+
+    def __init__(self, device: torch.device):
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        self.loss_sum, self.hits = zero.clone(), zero.clone()
+        self.bad_run = zero.clone()  # consecutive non-finite steps so far
+        self.worst_run = zero.clone()  # longest such run since the last sync
+        self.worst_end = zero.clone()  # the step that ended it
+        self.skipped = zero.clone()
+        self.last_loss = float("nan")
+
+    def add(self, weighted_loss: torch.Tensor, hits) -> None:
+        self.loss_sum += weighted_loss.detach().double()
+        self.hits += hits
+
+    def step_done(self, finite: torch.Tensor, step: int) -> None:
+        bad = (~finite).double()
+        self.skipped += bad
+        self.bad_run = (self.bad_run + 1) * bad
+        longer = self.bad_run >= self.worst_run.clamp_min(1)
+        self.worst_end = torch.where(longer, float(step), self.worst_end)
+        self.worst_run = torch.maximum(self.worst_run, self.bad_run)
+
+    def accuracy(self, state: TrainState) -> torch.Tensor:
+        return (state.epoch_correct + self.hits) / max(state.epoch_seen, 1)
+
+    def sync(self, state: TrainState, cfg: TrainConfig, loss: torch.Tensor | None) -> None:
+        """Fold the device counters into `state` (one host sync) and apply the NaN guard."""
+        values = torch.stack(
+            [self.loss_sum, self.hits, self.skipped, self.bad_run, self.worst_run, self.worst_end]
+            + ([loss.double()] if loss is not None else [])
+        ).tolist()
+        loss_sum, hits, skipped, bad_run, worst_run, worst_end = values[:6]
+        if loss is not None:
+            self.last_loss = values[6]
+        state.epoch_loss_sum += loss_sum
+        state.epoch_correct += round(hits)
+        self.loss_sum.zero_()
+        self.hits.zero_()
+        if skipped:
+            state.skipped_steps += round(skipped)
+            logger.warning(
+                "%d non-finite loss/gradient step(s) skipped before step %d (%d in a row now)",
+                round(skipped), state.step, round(bad_run),
+            )
+            self.skipped.zero_()
+        state.bad_steps = round(bad_run)
+        if worst_run >= cfg.max_bad_steps:
+            raise NonFiniteLossError(
+                f"{round(worst_run)} consecutive non-finite steps ending at step {round(worst_end)}; "
+                f"last good checkpoint is in {cfg.checkpoint_dir}. Lower training.lr or "
+                "check the input data"
+            )
+        self.worst_run.copy_(self.bad_run)
+        self.worst_end.fill_(state.step - 1)
+
+
+
 def train(
     model: nn.Module,
     train_split: EncodedSplit,
@@ -255,7 +328,11 @@ def train(
     step_module: nn.Module = TaskStep(model, tasks)
     if ctx.world_size > 1:
         step_module = DistributedDataParallel(
-            step_module, device_ids=[device.index] if device.type == "cuda" else None
+            step_module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # a multi-task batch may hold no rows for some task (e.g. no caption rows),
+            # leaving its head without gradients in that step
+            find_unused_parameters=len(tasks.tasks) > 1,
         )
     elif cfg.compile:
         step_module = torch.compile(step_module)
@@ -309,6 +386,10 @@ def train(
         dynamic_ncols=True,
     )
     model.train()
+    # Step statistics stay on the device between sync points (every log_every steps,
+    # checkpoints and epoch ends): the inner loop itself never waits for the device.
+    running = _RunningStats(device)
+    adapter_scales = None  # the adapter's (LR, WD) scales as broadcast at its last decision
     while state.epoch < cfg.epochs and state.step < total_steps:
         sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
         epoch_start, seen_now = time.perf_counter(), 0
@@ -319,19 +400,18 @@ def train(
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 result = step_module(batch)
                 loss = total(result.terms)
-            weight, loss_value = 1.0, float(loss.detach())
+            weight, loss_value = 1.0, loss.detach().float()
             if ctx.world_size > 1:  # DDP averages ranks; weight them by their share of the samples
-                sums = distributed.all_reduce_sum(torch.tensor([float(result.count), loss_value * result.count]))
-                weight = result.count * ctx.world_size / float(sums[0])
-                loss_value = float(sums[1] / sums[0])  # the global batch's loss, as one process logs it
+                sums = distributed.all_reduce_sum(torch.stack([loss_value.new_tensor(result.count), loss_value * result.count]))
+                weight = result.count * ctx.world_size / sums[0]
+                loss_value = sums[1] / sums[0]  # the global batch's loss, as one process logs it
             scaler.scale(loss * weight / cfg.grad_accum_steps).backward()
             micro += 1
             state.batch_in_epoch += 1
             n = result.count
             seen_now += n
             state.epoch_seen += n
-            state.epoch_loss_sum += loss_value * n
-            state.epoch_correct += result.hits
+            running.add(loss_value * n, result.hits)
             last_of_epoch = state.batch_in_epoch == len(sampler)
             if micro < cfg.grad_accum_steps and not last_of_epoch:
                 continue
@@ -340,32 +420,21 @@ def train(
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
             )
-            finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
+            finite = torch.isfinite(loss_value) & torch.isfinite(grad_norm)
             scales, wd_scales = {}, {}
             if adapter is not None:
                 adapter.before_step(state.step, optimizer)
                 scales, wd_scales = adapter.scales(), adapter.weight_decay_scales()
-                names = sorted({g["name"] for g in optimizer.param_groups})
-                scales = distributed.broadcast_scales(scales, names)  # identical on every rank
-                wd_scales = distributed.broadcast_scales(wd_scales, names)
+                if adapter_scales is None or state.step % getattr(adapter, "every", 1) == 0:  # set at window ends only
+                    names = sorted({g["name"] for g in optimizer.param_groups})
+                    scales = distributed.broadcast_scales(scales, names, device)  # identical on every rank
+                    wd_scales = distributed.broadcast_scales(wd_scales, names, device)
+                    adapter_scales = (scales, wd_scales)
+                else:
+                    scales, wd_scales = adapter_scales
             base_lr = set_learning_rates(optimizer, cfg, state.step, total_steps, scales, wd_scales)
-            if finite:
-                scaler.step(optimizer)
-                state.bad_steps = 0
-            else:
-                state.bad_steps += 1
-                state.skipped_steps += 1
-                logger.warning(
-                    "non-finite loss/gradient at step %d: step skipped (%d in a row)",
-                    state.step,
-                    state.bad_steps,
-                )
-                if state.bad_steps >= cfg.max_bad_steps:
-                    raise NonFiniteLossError(
-                        f"{state.bad_steps} consecutive non-finite steps ending at step {state.step}; "
-                        f"last good checkpoint is in {cfg.checkpoint_dir}. Lower training.lr or "
-                        "check the input data"
-                    )
+            _optimizer_step(optimizer, scaler, finite)  # a non-finite step is skipped on the device
+            running.step_done(finite, state.step)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -374,21 +443,25 @@ def train(
                     state.step,
                     {
                         "loss": loss_value,
-                        "accuracy": state.epoch_correct / max(state.epoch_seen, 1),
+                        "accuracy": running.accuracy(state),
                         "finite": finite,
                         "progress": state.step / total_steps,
                     },
                     optimizer,
                 )
-            elapsed = time.perf_counter() - epoch_start
-            bar.set_postfix(loss=f"{loss_value:.4f}", qps=f"{seen_now / max(elapsed, 1e-9):.0f}")
             bar.update(1)
-            if state.step % cfg.log_every == 0:
-                state.step_log.append({"step": state.step, "loss": loss_value, "lr": base_lr})
-            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+            checkpoint_now = cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0
+            if state.step % cfg.log_every == 0 or checkpoint_now or state.step >= total_steps:
+                running.sync(state, cfg, loss_value)  # the host sync: counters, NaN guard, logs
+                elapsed = time.perf_counter() - epoch_start
+                bar.set_postfix(loss=f"{running.last_loss:.4f}", qps=f"{seen_now / max(elapsed, 1e-9):.0f}")
+                if state.step % cfg.log_every == 0:
+                    state.step_log.append({"step": state.step, "loss": running.last_loss, "lr": base_lr})
+            if checkpoint_now:
                 checkpoint()
             if state.step >= total_steps:
                 break
+        running.sync(state, cfg, None)
         row = {
             "epoch": state.epoch,
             "step": state.step,

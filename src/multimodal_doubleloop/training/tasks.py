@@ -193,7 +193,8 @@ def task_rows(table: pd.DataFrame, cfg: TaskConfig) -> np.ndarray:
     if missing:
         raise ValueError(
             f"{cfg.type} task reads column(s) {missing} the sample table lacks (it has "
-            f"{list(table.columns)}); easy-VQA derives color, shape, color_shape, coverage"
+            f"{list(table.columns)}); easy-VQA derives color, shape, color_shape, coverage. "
+                "For other sources drop the task from tasks.active (e.g. tasks.active=answer)"
         )
     if cfg.type == "classification":
         return _known(table[cfg.target])
@@ -228,7 +229,7 @@ def select_rows(table: pd.DataFrame, tasks: TasksConfig) -> pd.DataFrame:
 class StepResult:
     terms: dict[str, torch.Tensor]  # named loss terms; the loss is their sum
     count: int  # units the primary task scored (rows or images)
-    hits: int  # of which correct (see each task's `loss`)
+    hits: torch.Tensor | int  # of which correct (a device tensor: read it only when logging)
 
 
 def _zero(x: torch.Tensor) -> torch.Tensor:
@@ -292,7 +293,7 @@ class ClassificationTask:
             terms = classification_loss(logits.float(), labels, smoothing)
         else:
             terms = head_loss(head.cfg, logits, labels)
-        return terms, int((logits.detach().argmax(-1) == labels).sum()), len(labels)
+        return terms, (logits.detach().argmax(-1) == labels).sum(), len(labels)
 
     def evaluate(self, head: nn.Module, features: Features, batch: dict, idx: torch.Tensor):
         labels = batch[self.key]
@@ -360,7 +361,7 @@ class MultilabelTask:
     def loss(self, head: nn.Module, features: Features, batch: dict):
         logits, target, _ = self._select(head, features, batch)
         terms = head_loss(head.cfg, logits, target) if len(target) else {"bce": _zero(logits)}
-        hits = int(((logits.detach() > 0) == (target > 0.5)).all(1).sum())
+        hits = ((logits.detach() > 0) == (target > 0.5)).all(1).sum()
         return terms, hits, len(target)
 
     def evaluate(self, head: nn.Module, features: Features, batch: dict, idx: torch.Tensor):
@@ -412,7 +413,7 @@ class RegressionTask:
     def loss(self, head: nn.Module, features: Features, batch: dict):
         pred, target = self._select(head, features, batch)
         terms = head_loss(head.cfg, pred, target) if len(target) else {head.cfg.loss_kind: _zero(pred)}
-        hits = int(((pred.detach() - target).abs() <= self.cfg.hit_tolerance).sum())
+        hits = ((pred.detach() - target).abs() <= self.cfg.hit_tolerance).sum()
         return terms, hits, len(target)
 
     def evaluate(self, head: nn.Module, features: Features, batch: dict, idx: torch.Tensor):
@@ -490,7 +491,7 @@ class ContrastiveTask:
         relevant = torch.zeros(len(text_ids), images, device=same.device)
         relevant = relevant.index_add_(1, out.image_index, same) > 0  # (B', M)
         nearest = (out.text_embeds.detach() @ out.image_embeds.detach().t()).argmax(1)  # (B',)
-        hits = int(relevant[torch.arange(len(text_ids), device=nearest.device), nearest].sum())
+        hits = relevant[torch.arange(len(text_ids), device=nearest.device), nearest].sum()
         return terms, hits, len(text_ids)
 
     def evaluate(self, head: nn.Module, features: Features, batch: dict, idx: torch.Tensor):
@@ -593,7 +594,7 @@ class CaptionTask:
         terms = head_loss(head.cfg, logits, ids)
         target = ids[:, 1:]
         right = (logits.detach()[:, :-1].argmax(-1) == target) | (target == self.special["pad_id"])
-        return terms, int(right.all(1).sum()), len(ids)
+        return terms, right.all(1).sum(), len(ids)
 
     def evaluate(self, head: nn.Module, features: Features, batch: dict, idx: torch.Tensor):
         terms, hits, count = self.loss(head, features, batch)
@@ -771,6 +772,14 @@ class TaskSet:
     def evaluation(self) -> Evaluation:
         return Evaluation(self)
 
+    def describe(self) -> dict:
+        """The settings that shape training (task order, definitions, weighting)."""
+        return {
+            "active": [t.name for t in self.tasks],
+            "weighting": "uncertainty" if self.weighting is not None else "sum",
+            "definitions": {t.name: dataclasses.asdict(t.cfg) for t in self.tasks},
+        }
+
     def weights(self) -> dict[str, float]:
         """Current loss weight per task (1.0 each without uncertainty weighting)."""
         if self.weighting is None:
@@ -794,7 +803,7 @@ class Evaluation:
             acc = self.sums[task.name]
             acc[0] += loss
             acc[1] += count
-            acc[2] += hits
+            acc[2] += int(hits)
             self.parts[task.name].append(parts)
 
     def result(self, split: EncodedSplit) -> dict:
@@ -866,7 +875,7 @@ def evaluation_context(model: nn.Module, tokenizer: Tokenizer, max_length: int, 
 def task_metrics(tasks: TaskSet, result: dict, table: pd.DataFrame, context: dict) -> dict:
     """Metrics of every task on one split (`table`: its rows, in split order):
     `<metric>` for a single task, else `<task>_<metric>`; plus `loss` (summed
-    per-task mean losses). Caption samples and zero-shot confusions land in `context`."""
+    per-task mean losses) and `accuracy`, the primary (first) task's where it has one. Caption samples and zero-shot confusions land in `context`."""
     metrics = {}
     single = len(tasks.tasks) == 1
     for task in tasks.tasks:
@@ -875,5 +884,7 @@ def task_metrics(tasks: TaskSet, result: dict, table: pd.DataFrame, context: dic
         if single:
             values.pop("loss")
         metrics.update({(k if single else f"{task.name}_{k}"): v for k, v in values.items()})
+        if task is tasks.tasks[0] and "accuracy" in values:
+            metrics["accuracy"] = values["accuracy"]  # the primary task's, under the plain key
     metrics["loss"] = result["loss"]
     return metrics

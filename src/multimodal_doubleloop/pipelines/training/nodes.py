@@ -80,6 +80,7 @@ def train_model(
     run_config = {
         "model": model_config,
         "training": train_cfg.to_dict(),
+        "tasks": tasks.describe(),  # resuming under other task settings is refused
         "data": {
             "train_samples": len(splits["train"]),
             "tokenizer_sha256": fingerprint(tokenizer),
