@@ -273,5 +273,5 @@ def test_step_mode_moves_gradually_and_reaches_beyond_the_absolute_bound():
     _drive(adapter, model, opt, steps=80, lr=1e-5)
     logs = [[math.log(r[f"lr_scale/{g}"]) for g in ("vision", "heads")] for r in adapter.trace]
     assert all(abs(a) <= bound + 1e-9 for row in logs for a in row)
-    assert all(abs(a - b) <= step + 1e-9 for prev, row in zip(logs, logs[1:]) for a, b in zip(prev, row))
+    assert all(abs(a - b) <= step + 1e-9 for prev, row in zip(logs, logs[1:], strict=False) for a, b in zip(prev, row, strict=True))
     assert max(adapter.scales().values()) > 4.0

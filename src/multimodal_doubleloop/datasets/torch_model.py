@@ -11,7 +11,13 @@ from typing import Any
 
 import fsspec
 import torch
-from kedro.io.core import AbstractVersionedDataset, DatasetError, Version, get_filepath_str, get_protocol_and_path
+from kedro.io.core import (
+    AbstractVersionedDataset,
+    DatasetError,
+    Version,
+    get_filepath_str,
+    get_protocol_and_path,
+)
 
 
 class TorchModelDataset(AbstractVersionedDataset[dict, dict]):
