@@ -46,6 +46,9 @@ def test_train_pipeline_end_to_end(project):
     metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     assert {"test_accuracy_yes_no", "test_accuracy_color", "test_accuracy_shape"} <= set(metrics)
+    # the default task set: answer (primary, also under plain keys) + attributes
+    assert metrics["test_answer_accuracy"] == metrics["test_accuracy"]
+    assert 0.0 <= metrics["test_attributes_map"] <= 1.0
     assert (project / "data/08_reporting/confusion_matrix.png").stat().st_size > 1000
     versions = list((project / "data/06_models/model.pt").iterdir())
     assert len(versions) == 1 and (versions[0] / "model.pt").exists()

@@ -89,3 +89,19 @@ def test_checkpoint_from_other_config_is_refused(setup, training_params, tmp_pat
     other = TrainConfig.from_dict({**training_params, "epochs": 1, "lr": 0.01})
     with pytest.raises(CheckpointError, match=r"differing keys: \['training.lr'\]"):
         _run(config, split, store, other)
+
+
+def test_max_steps_inside_an_epoch_then_more_steps_continues_that_epoch(setup, training_params, tmp_path):
+    """A run stopped by max_steps mid-epoch, rerun with a larger budget, finishes the
+    same epoch (no batch skipped) instead of starting the next one."""
+    config, split, store = setup
+    params = {**training_params, "epochs": 2, "checkpoint_every": 100, "checkpoint_dir": str(tmp_path / "c")}
+    _, ref_state = _run(config, split, store, TrainConfig.from_dict({**params, "checkpoint_dir": str(tmp_path / "ref")}))
+    per_epoch = ref_state.history[0]["step"]
+    assert per_epoch >= 3
+    _, first = _run(config, split, store, TrainConfig.from_dict({**params, "max_steps": per_epoch - 1}))
+    assert first.epoch == 0 and first.history[-1]["partial"] == 1.0
+    _, state = _run(config, split, store, TrainConfig.from_dict(params))
+    assert state.step == ref_state.step
+    full = [h for h in state.history if "partial" not in h]
+    assert [h["step"] for h in full] == [h["step"] for h in ref_state.history]

@@ -190,104 +190,18 @@ def _check_state(state: dict, method: str, groups: list[str]) -> None:
         raise ValueError(f"controller state is for groups {state['groups']}, this model has {groups}")
 
 
-class HypergradientDescent:
-    """Plain HD, no LSTM: the multiplicative rule on each group's log LR scale."""
+class _ScaleAdapter:
+    """What both adapters share: per-group log LR (a) and WD (b) scales, the window's
+    statistics, the decision trace, and the loop's `Adapter` calls. Subclasses decide
+    in `_window_end(step, stats, ok)`."""
+
+    method = ""
 
     def __init__(self, cfg: ControllerConfig, groups: list[str], warmup_steps: int):
         self.cfg, self.groups, self.warmup_steps = cfg, list(groups), warmup_steps
         self.window = WindowStats(cfg, self.groups)
         self.a = torch.zeros(len(self.groups), dtype=torch.float64)  # log LR scale per group
-        self.b = torch.zeros(len(self.groups), dtype=torch.float64)  # WD is not adapted here
-        self.trace: list[dict] = []
-
-    @property
-    def every(self) -> int:
-        """Inner steps between decisions: the scales change only at multiples of it."""
-        return self.cfg.every
-
-    def scales(self) -> dict[str, float]:
-        return _as_dict(self.groups, self.a)
-
-    def weight_decay_scales(self) -> dict[str, float]:
-        return _as_dict(self.groups, self.b)
-
-    def observe(self, step: int, stats: dict, optimizer) -> None:
-        self.window.observe(stats)
-
-    def before_step(self, step: int, optimizer) -> None:
-        """Measure the previous step's hypergradient; update the scales at window ends."""
-        if step % self.cfg.measure_every == 0:
-            self.window.meter.measure(optimizer)
-        if step == 0 or step % self.cfg.every:
-            return
-        stats, ok = self.window.close()
-        if not ok:
-            self.a.zero_()
-            logger.warning("hypergradient: non-finite statistics at step %d, scales reset to 1", step)
-        elif step >= self.warmup_steps:
-            # Baydin's per-step rule summed over the window's `every` steps (the mean of
-            # the measured steps stands in for the unmeasured ones).
-            delta = self.cfg.hypergradient_lr * stats["lr_cosine"] * self.cfg.every
-            self.a = (self.a - delta).clamp(-self.cfg.max_log_scale, self.cfg.max_log_scale)
-        self.trace.append(_trace_row(step, self.groups, self.a, self.b, stats, fallback=not ok))
-
-    def state_dict(self) -> dict:
-        return {
-            "method": "hypergradient",
-            "groups": list(self.groups),
-            "window": self.window.state_dict(),
-            "a": self.a.clone(),
-            "trace": [dict(r) for r in self.trace],
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        _check_state(state, "hypergradient", self.groups)
-        self.window.load_state_dict(state["window"])
-        self.a = state["a"].clone()
-        self.trace = [dict(r) for r in state["trace"]]
-
-
-class ControllerNet(nn.Module):
-    """LSTM cell shared by the groups (one batch row each, plus a group one-hot)."""
-
-    def __init__(self, n_groups: int, hidden: int):
-        super().__init__()
-        self.n_groups = n_groups
-        self.cell = nn.LSTMCell(len(FEATURES) + n_groups, hidden)
-        self.act = nn.Linear(hidden, 2)  # (o_lr, o_wd) per group
-        self.meta = nn.Linear(hidden, 1)  # next window's change in log loss
-        nn.init.zeros_(self.act.weight)  # start at scale 1
-        nn.init.zeros_(self.act.bias)
-
-    def forward(self, x: torch.Tensor, hc: tuple[torch.Tensor, torch.Tensor]):
-        onehot = torch.eye(self.n_groups, dtype=x.dtype)
-        h, c = self.cell(torch.cat([x, onehot], 1), hc)  # (G, H)
-        return self.act(h), self.meta(h).mean(), (h, c)
-
-
-class DoubleLoopController:
-    """The LSTM meta-controller, trained online from accumulated hypergradients."""
-
-    def __init__(self, cfg: ControllerConfig, groups: list[str], warmup_steps: int):
-        self.cfg, self.groups, self.warmup_steps = cfg, list(groups), warmup_steps
-        self.window = WindowStats(cfg, self.groups)
-        n = len(self.groups)
-        self.a = torch.zeros(n, dtype=torch.float64)  # log LR scale per group
-        self.b = torch.zeros(n, dtype=torch.float64)  # log WD scale per group
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            self.net = ControllerNet(n, cfg.hidden).double()
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.meta_lr)
-        zeros = torch.zeros(n, cfg.hidden, dtype=torch.float64)
-        self.hc = (zeros.clone(), zeros.clone())
-        self.norm_mean = torch.zeros(n, NORMALISED, dtype=torch.float64)
-        self.norm_sq = torch.zeros(n, NORMALISED, dtype=torch.float64)
-        self.norm_weight = 0.0  # bias correction of the EMA normalisers
-        # Inputs of the forward that chose the current scales: the next meta update
-        # recomputes it (a few hundred flops) instead of holding a graph across steps.
-        self.prev: dict | None = None
-        self.last_log_loss = float("nan")
-        self.meta_error = self.meta_loss = float("nan")
+        self.b = torch.zeros(len(self.groups), dtype=torch.float64)  # log WD scale per group
         self.trace: list[dict] = []
 
     @property
@@ -311,13 +225,93 @@ class DoubleLoopController:
         if step == 0 or step % self.cfg.every:
             return
         stats, ok = self.window.close()
+        if not ok:
+            self.a.zero_()
+            self.b.zero_()
+            logger.warning("%s: non-finite statistics at step %d, scales reset to 1", self.method, step)
+        self._window_end(step, stats, ok)
+
+    def _window_end(self, step: int, stats: dict, ok: bool) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "groups": list(self.groups),
+            "window": self.window.state_dict(),
+            "a": self.a.clone(),
+            "b": self.b.clone(),
+            "trace": [dict(r) for r in self.trace],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_state(state, self.method, self.groups)
+        self.window.load_state_dict(state["window"])
+        self.a, self.b = state["a"].clone(), state["b"].clone()
+        self.trace = [dict(r) for r in state["trace"]]
+
+
+class HypergradientDescent(_ScaleAdapter):
+    """Plain HD, no LSTM: the multiplicative rule on each group's log LR scale (WD
+    is not adapted)."""
+
+    method = "hypergradient"
+
+    def _window_end(self, step: int, stats: dict, ok: bool) -> None:
+        if ok and step >= self.warmup_steps:
+            # Baydin's per-step rule summed over the window's `every` steps (the mean of
+            # the measured steps stands in for the unmeasured ones).
+            delta = self.cfg.hypergradient_lr * stats["lr_cosine"] * self.cfg.every
+            self.a = (self.a - delta).clamp(-self.cfg.max_log_scale, self.cfg.max_log_scale)
+        self.trace.append(_trace_row(step, self.groups, self.a, self.b, stats, fallback=not ok))
+
+
+class ControllerNet(nn.Module):
+    """LSTM cell shared by the groups (one batch row each, plus a group one-hot)."""
+
+    def __init__(self, n_groups: int, hidden: int):
+        super().__init__()
+        self.n_groups = n_groups
+        self.cell = nn.LSTMCell(len(FEATURES) + n_groups, hidden)
+        self.act = nn.Linear(hidden, 2)  # (o_lr, o_wd) per group
+        self.meta = nn.Linear(hidden, 1)  # next window's change in log loss
+        nn.init.zeros_(self.act.weight)  # start at scale 1
+        nn.init.zeros_(self.act.bias)
+
+    def forward(self, x: torch.Tensor, hc: tuple[torch.Tensor, torch.Tensor]):
+        onehot = torch.eye(self.n_groups, dtype=x.dtype)
+        h, c = self.cell(torch.cat([x, onehot], 1), hc)  # (G, H)
+        return self.act(h), self.meta(h).mean(), (h, c)
+
+
+class DoubleLoopController(_ScaleAdapter):
+    """The LSTM meta-controller, trained online from accumulated hypergradients."""
+
+    method = "double_loop"
+
+    def __init__(self, cfg: ControllerConfig, groups: list[str], warmup_steps: int):
+        super().__init__(cfg, groups, warmup_steps)
+        n = len(self.groups)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.net = ControllerNet(n, cfg.hidden).double()
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.meta_lr)
+        zeros = torch.zeros(n, cfg.hidden, dtype=torch.float64)
+        self.hc = (zeros.clone(), zeros.clone())
+        self.norm_mean = torch.zeros(n, NORMALISED, dtype=torch.float64)
+        self.norm_sq = torch.zeros(n, NORMALISED, dtype=torch.float64)
+        self.norm_weight = 0.0  # bias correction of the EMA normalisers
+        # Inputs of the forward that chose the current scales: the next meta update
+        # recomputes it (a few hundred flops) instead of holding a graph across steps.
+        self.prev: dict | None = None
+        self.last_log_loss = float("nan")
+        self.meta_error = self.meta_loss = float("nan")
+
+    def _window_end(self, step: int, stats: dict, ok: bool) -> None:
         if ok:
             self._decide(stats, frozen=step < self.warmup_steps)
         else:
-            self.a.zero_()
-            self.b.zero_()
             self.prev = None  # this window's scales were not the network's choice
-            logger.warning("double-loop controller: non-finite statistics at step %d, scales reset to 1", step)
         self.trace.append(
             _trace_row(
                 step, self.groups, self.a, self.b, stats, fallback=not ok,
@@ -399,11 +393,7 @@ class DoubleLoopController:
 
     def state_dict(self) -> dict:
         return {
-            "method": "double_loop",
-            "groups": list(self.groups),
-            "window": self.window.state_dict(),
-            "a": self.a.clone(),
-            "b": self.b.clone(),
+            **super().state_dict(),
             "net": self.net.state_dict(),
             "opt": self.opt.state_dict(),
             "h": self.hc[0].clone(),
@@ -415,13 +405,10 @@ class DoubleLoopController:
             "last_log_loss": self.last_log_loss,
             "meta_error": self.meta_error,
             "meta_loss": self.meta_loss,
-            "trace": [dict(r) for r in self.trace],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        _check_state(state, "double_loop", self.groups)
-        self.window.load_state_dict(state["window"])
-        self.a, self.b = state["a"].clone(), state["b"].clone()
+        super().load_state_dict(state)
         self.net.load_state_dict(state["net"])
         self.opt.load_state_dict(state["opt"])
         self.hc = (state["h"].clone(), state["c"].clone())
@@ -430,7 +417,6 @@ class DoubleLoopController:
         self.prev = None if state["prev"] is None else {k: v.clone() for k, v in state["prev"].items()}
         self.last_log_loss = state["last_log_loss"]
         self.meta_error, self.meta_loss = state["meta_error"], state["meta_loss"]
-        self.trace = [dict(r) for r in state["trace"]]
 
 
 def decision_history(trace: list[dict], prefix: str = "controller/") -> dict[str, list[dict]]:

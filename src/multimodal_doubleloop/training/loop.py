@@ -473,8 +473,13 @@ def train(
         if val_split is not None and len(val_split) and ctx.is_main:
             val = evaluate(model, val_split, images if val_images is None else val_images, cfg, head, tasks)
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-        state.history.append(row)
-        logger.info("epoch %d: %s", state.epoch, {k: round(v, 4) for k, v in row.items()})
+        partial = state.batch_in_epoch < len(sampler)  # stopped by max_steps inside the epoch
+        state.history.append({**row, "partial": 1.0} if partial else row)
+        logger.info("epoch %d%s: %s", state.epoch, " (partial)" if partial else "", {k: round(v, 4) for k, v in row.items()})
+        if partial:  # a rerun with a larger max_steps continues this epoch where it stopped
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every:
+                checkpoint()
+            break
         state.epoch += 1
         state.batch_in_epoch = state.epoch_seen = state.epoch_correct = 0
         state.epoch_loss_sum = 0.0

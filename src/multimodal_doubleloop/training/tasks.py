@@ -875,7 +875,8 @@ def evaluation_context(model: nn.Module, tokenizer: Tokenizer, max_length: int, 
 def task_metrics(tasks: TaskSet, result: dict, table: pd.DataFrame, context: dict) -> dict:
     """Metrics of every task on one split (`table`: its rows, in split order):
     `<metric>` for a single task, else `<task>_<metric>`; plus `loss` (summed
-    per-task mean losses) and `accuracy`, the primary (first) task's where it has one. Caption samples and zero-shot confusions land in `context`."""
+    per-task mean losses). With several tasks the primary (first) task's metrics also
+    appear under their plain keys, so `accuracy` always means the primary task's. Caption samples and zero-shot confusions land in `context`."""
     metrics = {}
     single = len(tasks.tasks) == 1
     for task in tasks.tasks:
@@ -884,7 +885,7 @@ def task_metrics(tasks: TaskSet, result: dict, table: pd.DataFrame, context: dic
         if single:
             values.pop("loss")
         metrics.update({(k if single else f"{task.name}_{k}"): v for k, v in values.items()})
-        if task is tasks.tasks[0] and "accuracy" in values:
-            metrics["accuracy"] = values["accuracy"]  # the primary task's, under the plain key
+        if task is tasks.tasks[0] and not single:  # the primary task's also under plain keys
+            metrics.update({k: v for k, v in values.items() if k != "loss"})
     metrics["loss"] = result["loss"]
     return metrics
