@@ -58,7 +58,8 @@ class ControllerConfig:
     max_log_scale: float = math.log(4.0)  # |a_g| bound: LR multiplier within [1/4, 4]
     max_log_wd_scale: float = math.log(4.0)  # same for weight decay (double_loop); 0 = keep WD fixed
     # double_loop: 0 = each decision sets a = max_log_scale * tanh(o) (absolute); > 0 =
-    # each decision moves a by at most this much (a = a_prev + max_log_step * tanh(o)),
+    # step mode: each decision moves a by at most this much, against the window's
+    # hypergradient, the network setting the gain (a = a_prev - step * tanh(e^o cos)),
     # so a wide max_log_scale is reached gradually and from evidence.
     max_log_step: float = 0.0
     hypergradient_lr: float = 0.03  # beta of plain hypergradient descent, per step on log lr
@@ -350,16 +351,19 @@ class DoubleLoopController(_ScaleAdapter):
         )
         return torch.cat([normalised, bounded], 1)  # (G, len(FEATURES))
 
-    def _bounded(self, out: torch.Tensor, a0: torch.Tensor, b0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The log scales the outputs choose, from the previous ones (a0, b0). Absolute
-        mode (max_log_step 0): a = bound * tanh(o). Step mode: a = a0 + step * tanh(o),
-        clamped to the bound, so scales far from 1 are reached over several windows."""
+    def _bounded(self, out: torch.Tensor, stats: dict, a0: torch.Tensor, b0: torch.Tensor):
+        """The log scales the outputs choose. Absolute mode (max_log_step 0): a = bound *
+        tanh(o). Step mode: the window's hypergradient says which way to move, the
+        network how far: a = a0 - step * tanh(exp(o) * cos), clamped to the bound, so
+        scales far from 1 are reached over windows of consistent evidence."""
         cfg = self.cfg
         if cfg.max_log_step == 0:
             return cfg.max_log_scale * torch.tanh(out[:, 0]), cfg.max_log_wd_scale * torch.tanh(out[:, 1])
-        a = (a0 + cfg.max_log_step * torch.tanh(out[:, 0])).clamp(-cfg.max_log_scale, cfg.max_log_scale)
+        gain = out.clamp(-4, 4).exp()
+        cos_lr, cos_wd = stats["lr_cosine"].clamp(-1, 1), stats["wd_cosine"].clamp(-1, 1)
+        a = (a0 - cfg.max_log_step * torch.tanh(gain[:, 0] * cos_lr)).clamp(-cfg.max_log_scale, cfg.max_log_scale)
         step_wd = min(cfg.max_log_step, cfg.max_log_wd_scale)
-        b = (b0 + step_wd * torch.tanh(out[:, 1])).clamp(-cfg.max_log_wd_scale, cfg.max_log_wd_scale)
+        b = (b0 - step_wd * torch.tanh(gain[:, 1] * cos_wd)).clamp(-cfg.max_log_wd_scale, cfg.max_log_wd_scale)
         return a, b
 
     def _decide(self, stats: dict, frozen: bool) -> None:
@@ -370,16 +374,19 @@ class DoubleLoopController(_ScaleAdapter):
                 self._meta_update(stats, target=log_loss - self.last_log_loss)
             with torch.no_grad():
                 out, _, hc = self.net(x, self.hc)
-            self.prev = {"x": x, "h": self.hc[0], "c": self.hc[1], "a": self.a, "b": self.b}
+            self.prev = {
+                "x": x, "h": self.hc[0], "c": self.hc[1], "a": self.a, "b": self.b,
+                "lr_cosine": stats["lr_cosine"], "wd_cosine": stats["wd_cosine"],
+            }
             self.hc = hc
-            self.a, self.b = (v.clone() for v in self._bounded(out, self.a, self.b))
+            self.a, self.b = (v.clone() for v in self._bounded(out, stats, self.a, self.b))
         self.last_log_loss = log_loss
 
     def _meta_update(self, stats: dict, target: float) -> None:
         """One Adam step on the controller: the window's hypergradients (dL/da_g,
         normalised) flow back through the outputs that set this window's scales."""
         out, pred, _ = self.net(self.prev["x"], (self.prev["h"], self.prev["c"]))
-        a, b = self._bounded(out, self.prev["a"], self.prev["b"])
+        a, b = self._bounded(out, self.prev, self.prev["a"], self.prev["b"])
         loss = (stats["lr_cosine"].clamp(-1, 1) * a).mean() + self.cfg.scale_reg * a.square().mean()
         if self.cfg.max_log_wd_scale > 0:
             loss = loss + (stats["wd_cosine"].clamp(-1, 1) * b).mean() + self.cfg.scale_reg * b.square().mean()
