@@ -23,10 +23,13 @@ def _cli(project, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=300)
 
 
-def _parse(stdout: str) -> tuple[str, list[tuple[str, float]]]:
+def _parse(stdout: str) -> tuple[str, list[tuple[str, float]], dict[str, str]]:
+    """The answer, its indented top-k table, and one `head: value` line per other head."""
     first, *rows = stdout.splitlines()
     assert first.startswith("answer: ")
-    return first.removeprefix("answer: "), [(a, float(p)) for a, p in (row.split() for row in rows)]
+    top = [(a, float(p)) for a, p in (row.split() for row in rows if row.startswith("  "))]
+    heads = dict(row.split(": ", 1) for row in rows if not row.startswith("  "))
+    return first.removeprefix("answer: "), top, heads
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +53,12 @@ def test_cli_reads_the_latest_model_from_the_catalog(trained_project, image_and_
     image, expected = image_and_expected
     result = _cli(trained_project.path, "--image", image, "--text", QUESTION, "--env", "test", "--top-k", "4")
     assert result.returncode == 0, result.stderr
-    answer, top = _parse(result.stdout)  # nothing but the answer lines on stdout
+    answer, top, heads = _parse(result.stdout)  # nothing but the answer lines on stdout
     assert answer == expected["answer"]
     assert [a for a, _ in top] == list(expected["top_answers"])
     assert [p for _, p in top] == pytest.approx(list(expected["top_probabilities"]), abs=1e-4)
+    # the default task set's second head, by class name (multi-label: those above 0.5)
+    assert heads["attributes"] == (", ".join(expected["attributes"]) or "(none)")
     assert "conf/logging.yml" in result.stderr  # Kedro's logging went to stderr
 
 
@@ -62,7 +67,7 @@ def test_cli_with_an_mlflow_model_uri(trained_project, image_and_expected, tmp_p
     uri = ["--model-uri", trained_project.model_uri, "--tracking-uri", trained_project.tracking_uri]
     result = _cli(tmp_path, "--image", image, "--text", QUESTION, *uri)  # outside the project
     assert result.returncode == 0, result.stderr
-    answer, top = _parse(result.stdout)
+    answer, top, _ = _parse(result.stdout)
     assert answer == expected["answer"] and len(top) == 3  # the logged default top_k
 
     not_an_image = tmp_path / "notes.png"

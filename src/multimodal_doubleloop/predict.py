@@ -78,7 +78,7 @@ def predict_from_mlflow(
 
 def format_prediction(row: pd.Series) -> str:
     """The answer and its top-k table, then one line per other head: a caption's text,
-    or a head's values (their count, for embeddings)."""
+    a head's predicted class names, or its values (their count, for embeddings)."""
     lines = []
     if "answer" in row:
         lines.append(f"answer: {row['answer']}")
@@ -86,12 +86,14 @@ def format_prediction(row: pd.Series) -> str:
         pairs = zip(row["top_answers"], row["top_probabilities"], strict=True)
         lines += [f"  {a:<{width}}  {p:.4f}" for a, p in pairs]
     for key, value in row.items():
-        if key in {"answer", "probability", "top_answers", "top_probabilities"}:
+        if key in {"answer", "probability", "top_answers", "top_probabilities"} or key.endswith("_probabilities"):
             continue
         if isinstance(value, str):
             lines.append(f"{key}: {value}")
         elif isinstance(value, float):  # a one-output regression head
             lines.append(f"{key}: {value:.4f}")
+        elif all(isinstance(v, str) for v in value):  # predicted class names (multi-label: all above 0.5)
+            lines.append(f"{key}: {', '.join(value) or '(none)'}")
         elif len(value) > 8:
             lines.append(f"{key}: {len(value)} values")
         else:

@@ -1,4 +1,5 @@
-"""A trained model as one file: its config (plain JSON-able data) and its state dict.
+"""A trained model as one file: its config (plain JSON-able data), its state dict and,
+optionally, the class names of its heads (`labels`: head -> list of names).
 
 Saved with `torch.save`, loaded with `torch.load(weights_only=True)`, so loading
 never unpickles code. Versioned like any Kedro dataset.
@@ -49,7 +50,10 @@ class TorchModelDataset(AbstractVersionedDataset[dict, dict]):
         path = get_filepath_str(self._get_save_path(), self._protocol)
         self._fs.makedirs(str(PurePosixPath(path).parent), exist_ok=True)
         with self._fs.open(path, "wb") as f:
-            torch.save({"config": data["config"], "state_dict": data["state_dict"]}, f)
+            payload = {"config": data["config"], "state_dict": data["state_dict"]}
+            if data.get("labels"):
+                payload["labels"] = {k: list(map(str, v)) for k, v in data["labels"].items()}
+            torch.save(payload, f)
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": self._filepath, "version": self._version}

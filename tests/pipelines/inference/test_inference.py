@@ -168,3 +168,24 @@ def test_models_without_an_answer_head_serve_their_own_heads(samples, tokenized,
     assert all(len(v) == 3 and all(0 < p < 1 for p in v) for v in predictions["attributes"])  # sigmoid
     text = format_prediction(predictions.iloc[0])
     assert text.startswith("coverage: ") and "attributes: " in text and "answer" not in text
+
+
+def test_heads_with_class_names_answer_by_name(samples, tokenized, model_params):
+    """A trained model's `labels` turn a multi-label head into the names above 0.5
+    (probabilities beside them) and a second classification head into its argmax name."""
+    heads = {
+        "attributes": {"type": "multilabel", "num_outputs": 3, "hidden": 16},
+        "kind": {"type": "classification", "num_outputs": 2, "hidden": 16},
+    }
+    model = _model(tokenized, model_params, heads)
+    with torch.no_grad():  # one label surely on, one surely off, one at chance
+        out_bias = [k for k, v in model["state_dict"].items() if k.startswith("heads.attributes.") and v.shape == (3,)]
+        model["state_dict"][out_bias[-1]].copy_(torch.tensor([20.0, -20.0, 0.0]))
+    model["labels"] = {"answer": list(tokenized["answer_vocab"]), "attributes": ["red", "circle", "big"], "kind": ["a", "b"]}
+    _, requests = _test_requests(samples)
+    predictions = _predict(requests.head(3), model, tokenized)
+    assert all(names[0] == "red" and "circle" not in names for names in predictions["attributes"])
+    assert all(len(p) == 3 and p[0] > 0.99 and p[1] < 0.01 for p in predictions["attributes_probabilities"])
+    assert set(predictions["kind"]) <= {"a", "b"}
+    text = format_prediction(predictions.iloc[0])
+    assert "attributes: red" in text and "probabilities" not in text and "kind: " in text

@@ -117,7 +117,11 @@ def predict(batch: dict, inference_model: dict) -> dict[str, dict[str, np.ndarra
             attention_mask=batch["attention_mask"].to(device),
             image_index=index,
         )
-        return {name: _head_output(head, features, index) for name, head in model.heads.items()}
+        outputs = {name: _head_output(head, features, index) for name, head in model.heads.items()}
+    for name, names in (inference_model.get("labels") or {}).items():
+        if name in outputs and "values" in outputs[name]:
+            outputs[name]["labels"] = np.asarray(names, dtype=object)  # class names of the head
+    return outputs
 
 
 def postprocess_predictions(
@@ -149,8 +153,20 @@ def postprocess_predictions(
         if "ids" in out:
             tokenizer = tokenizer or Tokenizer.from_str(inference_tokenizer)
             table[name] = tokenizer.decode_batch(out["ids"].tolist(), skip_special_tokens=True)
+        elif "labels" in out:  # a head with class names: the predicted names, then the values
+            names, values = out["labels"], out["values"]
+            if values.shape[1] == len(names) and _is_multilabel(values):
+                table[name] = [list(names[row >= 0.5]) for row in values]
+            else:
+                table[name] = names[values.argmax(1)].tolist()
+            table[f"{name}_probabilities"] = values.astype(float).tolist()
         else:
             for key, values in out.items():
                 column = name if key == "values" else f"{name}_{key}"
                 table[column] = values.astype(float).tolist()  # (B,) or (B, E) -> lists
     return table
+
+
+def _is_multilabel(values: np.ndarray) -> bool:
+    """Sigmoid outputs (independent per class) rather than a softmax (rows sum to 1)."""
+    return not np.allclose(values.sum(1), 1.0, atol=1e-3)

@@ -94,7 +94,8 @@ def train_model(
     curves["step_loss"] = [{"step": r["step"], "value": r["loss"]} for r in state.step_log]
     curves["lr"] = [{"step": r["step"], "value": r["lr"]} for r in state.step_log]
     curves.update(trace)
-    trained = {"config": model_config, "state_dict": weights}
+    labels = {t.name: list(t.vocab) for t in tasks.tasks if getattr(t, "vocab", None)}
+    trained = {"config": model_config, "state_dict": weights, "labels": labels}  # labels: class names per head
     return trained, {k: v for k, v in curves.items() if v}, state.history
 
 
