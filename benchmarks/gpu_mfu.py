@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import resource
 import time
 from pathlib import Path
 
@@ -130,8 +131,11 @@ def main() -> None:
     peak, peak_source = device_peak(device)
     samples_per_s = batch_size * QUESTIONS_PER_IMAGE / seconds
     mfu = flops_per_step / seconds / peak
-    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    logger.info("%s preset=%s batch=%d images (%d questions) dtype=%s: %.1f samples/s, MFU %.1f%% of %.0f TFLOP/s (%s)",
+    if device.type == "cuda":
+        peak_mem = torch.cuda.max_memory_allocated(device) / 2**30
+    else:  # the process's peak resident memory (Linux reports KiB)
+        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    logger.info("%s preset=%s batch=%d images (%d questions) dtype=%s: %.1f samples/s, MFU %.1f%% of %.1f TFLOP/s (%s)",
                 device, preset, batch_size, batch_size * QUESTIONS_PER_IMAGE, dtype, samples_per_s,
                 100 * mfu, peak / 1e12, peak_source)
     print(json.dumps({  # noqa: T201 - the benchmark's result line
