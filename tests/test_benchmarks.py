@@ -1,0 +1,36 @@
+"""The benchmarks run as a user runs them and end with their JSON figures line
+(short settings here; the figures themselves belong in benchmarks, not tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(name: str, *args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_gpu_mfu_runs_on_cpu():
+    figures = run_benchmark("gpu_mfu.py", "--steps", "1", "--batch", "1")
+    assert figures["device"] == "cpu" and figures["samples_per_s"] > 0
+    assert 0 < figures["mfu"] < 1 and figures["peak_mem_gb"] > 0
+
+
+@pytest.mark.slow
+def test_train_throughput_reports_both_batchings():
+    figures = run_benchmark("train_throughput.py", "--steps", "2", "--warmup", "1", "--images-per-batch", "4")
+    assert figures["image_major_qps"] > 0 and figures["per_question_qps"] > 0
+    assert figures["speedup"] == pytest.approx(figures["image_major_qps"] / figures["per_question_qps"], rel=0.01)
+    assert 0 < figures["mfu"] < 1
