@@ -36,7 +36,8 @@ def test_unknown_preset_and_keys_fail_before_training(model_params):
 def test_train_model_learns_and_reports(samples, images, tokenized, model_params, training_params, tasks_params):
     inputs = _inputs(samples, images, tokenized, model_params, {**training_params, "epochs": 3}, tasks_params)
     trained, curves, history = train_model(*[inputs[k] for k in inputs])
-    assert set(trained) == {"config", "state_dict"}
+    assert set(trained) == {"config", "state_dict", "labels"}
+    assert trained["labels"] == {"answer": list(tokenized["answer_vocab"])}  # class names per head, for serving
     assert len(history) == 3 and history[-1]["train_loss"] < history[0]["train_loss"]
     assert [p["step"] for p in curves["val_accuracy"]] == [0, 1, 2]
     assert all(torch.isfinite(v).all() for v in trained["state_dict"].values())
