@@ -74,16 +74,22 @@ def _drive(adapter, model, opt, steps: int, lr: float, poison_at: int | None = N
         adapter.observe(step + 1, {"loss": loss.item(), "accuracy": 0.5, "finite": finite}, opt)
 
 
+@pytest.mark.parametrize("uneven_steps", [False, True])
 @pytest.mark.parametrize("field, key", [("hypergradient", "lr"), ("wd_hypergradient", "weight_decay")])
-def test_hypergradient_matches_finite_difference(field, key):
+def test_hypergradient_matches_finite_difference(field, key, uneven_steps):
     """dL(theta_{t+1})/d log(lr_g or wd_g) from the optimiser state equals a central
-    difference of the loss after a perturbed AdamW step."""
+    difference of the loss after a perturbed AdamW step; also when a parameter of a
+    group has taken fewer steps (no gradient in one), so bias corrections differ."""
     model = Tiny(torch.float64)
     opt = _optimizer(model)
     for i in range(3):  # non-trivial Adam moments and bias corrections
         opt.zero_grad()
         _loss(model, i).backward()
+        if uneven_steps and i == 1:
+            model.head.bias.grad = None  # this step skips the bias: its step count lags
         opt.step()
+    if uneven_steps:
+        assert float(opt.state[model.head.bias]["step"]) == 2 and float(opt.state[model.head.weight]["step"]) == 3
     before_model, before_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
 
     def loss_after_step(group_name: str, log_factor: float) -> float:

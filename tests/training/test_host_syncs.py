@@ -20,6 +20,7 @@ from multimodal_doubleloop.models import ModelConfig, build_model
 from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
 from multimodal_doubleloop.training import loop
 from multimodal_doubleloop.training.config import TrainConfig
+from multimodal_doubleloop.training.controller import ControllerConfig, build_adapter
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
 HOST_DATA = str(Path(loop.__file__).parents[1] / "data")
@@ -52,10 +53,15 @@ def _setup(samples, tokenized, images, model_params, training_params):
     return model, split, cfg
 
 
+@pytest.mark.parametrize("method", ["fixed", "double_loop"])
 def test_training_steps_do_not_read_the_device(
-    samples, images, tokenized, model_params, training_params, monkeypatch, counted_reads
+    samples, images, tokenized, model_params, training_params, monkeypatch, counted_reads, method
 ):
+    """With the controller on, its hypergradient measurement (here every step) and
+    statistics stay on the device too (no window ends in this short run)."""
     model, split, cfg = _setup(samples, tokenized, images, model_params, training_params)
+    cfg.controller = ControllerConfig(method=method, every=1000, measure_every=1)
+    adapter = build_adapter(cfg.controller, list(model.parameter_groups()), warmup_steps=0)
     between_syncs: list[list[str]] = []
     real_sync = loop._RunningStats.sync
 
@@ -65,8 +71,10 @@ def test_training_steps_do_not_read_the_device(
 
     monkeypatch.setattr(loop._RunningStats, "sync", sync)
     counted_reads.clear()  # model construction is not the loop
-    state = loop.train(model, split, None, image_store(images), cfg, {})
+    state = loop.train(model, split, None, image_store(images), cfg, {}, adapter=adapter)
     assert state.step >= 3  # several steps ran before the first sync point
+    if adapter is not None:
+        assert float(adapter.window.meter.sums[:, -1].sum()) > 0  # it did measure
     assert between_syncs[0] == [], f"host reads during {state.step} training steps: {between_syncs[0]}"
     assert state.history[0]["train_loss"] > 0 and 0 <= state.history[0]["train_accuracy"] <= 1
 

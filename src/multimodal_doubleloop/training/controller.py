@@ -204,17 +204,22 @@ class _ScaleAdapter:
         self.a = torch.zeros(len(self.groups), dtype=torch.float64)  # log LR scale per group
         self.b = torch.zeros(len(self.groups), dtype=torch.float64)  # log WD scale per group
         self.trace: list[dict] = []
+        self._publish()
 
     @property
     def every(self) -> int:
         """Inner steps between decisions: the scales change only at multiples of it."""
         return self.cfg.every
 
+    def _publish(self) -> None:
+        """The multipliers as plain floats, read once per decision (not once per step)."""
+        self._lr, self._wd = _as_dict(self.groups, self.a), _as_dict(self.groups, self.b)
+
     def scales(self) -> dict[str, float]:
-        return _as_dict(self.groups, self.a)
+        return dict(self._lr)
 
     def weight_decay_scales(self) -> dict[str, float]:
-        return _as_dict(self.groups, self.b)
+        return dict(self._wd)
 
     def observe(self, step: int, stats: dict, optimizer) -> None:
         self.window.observe(stats)
@@ -231,6 +236,7 @@ class _ScaleAdapter:
             self.b.zero_()
             logger.warning("%s: non-finite statistics at step %d, scales reset to 1", self.method, step)
         self._window_end(step, stats, ok)
+        self._publish()
 
     def _window_end(self, step: int, stats: dict, ok: bool) -> None:
         raise NotImplementedError
@@ -250,6 +256,7 @@ class _ScaleAdapter:
         self.window.load_state_dict(state["window"])
         self.a, self.b = state["a"].clone(), state["b"].clone()
         self.trace = [dict(r) for r in state["trace"]]
+        self._publish()
 
 
 class HypergradientDescent(_ScaleAdapter):
