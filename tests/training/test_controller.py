@@ -10,6 +10,7 @@ from multimodal_doubleloop.data.batching import encoded_split
 from multimodal_doubleloop.data.images import image_store
 from multimodal_doubleloop.models import ModelConfig, build_model
 from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
+from multimodal_doubleloop.training import hypergradient
 from multimodal_doubleloop.training.config import TrainConfig
 from multimodal_doubleloop.training.controller import (
     ControllerConfig,
@@ -74,12 +75,15 @@ def _drive(adapter, model, opt, steps: int, lr: float, poison_at: int | None = N
         adapter.observe(step + 1, {"loss": loss.item(), "accuracy": 0.5, "finite": finite}, opt)
 
 
+@pytest.mark.parametrize("steps_on_host", [True, False])
 @pytest.mark.parametrize("uneven_steps", [False, True])
 @pytest.mark.parametrize("field, key", [("hypergradient", "lr"), ("wd_hypergradient", "weight_decay")])
-def test_hypergradient_matches_finite_difference(field, key, uneven_steps):
+def test_hypergradient_matches_finite_difference(field, key, uneven_steps, steps_on_host, monkeypatch):
     """dL(theta_{t+1})/d log(lr_g or wd_g) from the optimiser state equals a central
     difference of the loss after a perturbed AdamW step; also when a parameter of a
-    group has taken fewer steps (no gradient in one), so bias corrections differ."""
+    group has taken fewer steps (no gradient in one), so bias corrections differ, with
+    step counts read on the host (CPU) or kept on the device (accelerators)."""
+    monkeypatch.setattr(hypergradient, "steps_on_host", lambda device: steps_on_host)
     model = Tiny(torch.float64)
     opt = _optimizer(model)
     for i in range(3):  # non-trivial Adam moments and bias corrections

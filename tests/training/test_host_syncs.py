@@ -18,7 +18,7 @@ from multimodal_doubleloop.data.batching import encoded_split
 from multimodal_doubleloop.data.images import image_store
 from multimodal_doubleloop.models import ModelConfig, build_model
 from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
-from multimodal_doubleloop.training import loop
+from multimodal_doubleloop.training import hypergradient, loop
 from multimodal_doubleloop.training.config import TrainConfig
 from multimodal_doubleloop.training.controller import ControllerConfig, build_adapter
 
@@ -58,7 +58,9 @@ def test_training_steps_do_not_read_the_device(
     samples, images, tokenized, model_params, training_params, monkeypatch, counted_reads, method
 ):
     """With the controller on, its hypergradient measurement (here every step) and
-    statistics stay on the device too (no window ends in this short run)."""
+    statistics stay on the device too (no window ends in this short run; AdamW's step
+    counts are read as on an accelerator, not as on CPU where that read is free)."""
+    monkeypatch.setattr(hypergradient, "steps_on_host", lambda device: False)
     model, split, cfg = _setup(samples, tokenized, images, model_params, training_params)
     cfg.controller = ControllerConfig(method=method, every=1000, measure_every=1)
     adapter = build_adapter(cfg.controller, list(model.parameter_groups()), warmup_steps=0)

@@ -19,6 +19,9 @@ products); results stay on the device until `read` (once per window).
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
+
 import torch
 
 # Per-group sums over a window, one column each.
@@ -32,6 +35,13 @@ FIELDS = (
     "count",
 )
 _TINY = 1e-30
+
+
+def steps_on_host(device: torch.device) -> bool:
+    """Read AdamW's step counts on the host where that is free (CPU tensors); on an
+    accelerator the bias corrections are computed per parameter on the device, so a
+    measurement never waits for it (a little more memory traffic)."""
+    return device.type == "cpu"
 
 
 def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -66,8 +76,17 @@ class HypergradientMeter:
                 state = optimizer.state.get(p)
                 if p.grad is not None and state and "exp_avg" in state:
                     params.append(p)
-            if params:  # a component has two optimiser groups (with and without decay): sum them
-                terms = self._group_terms(optimizer, params, lr, wd, beta1, beta2, eps)
+            if not params:
+                continue
+            if steps_on_host(params[0].device):  # one bucket per step count (usually one)
+                buckets = defaultdict(list)
+                for p in params:
+                    buckets[float(optimizer.state[p]["step"])].append(p)
+                batches = list(buckets.items())
+            else:  # per-parameter step counts stay on the device
+                batches = [(None, params)]
+            for step, ps in batches:  # a component has two optimiser groups (with and without decay): sum them
+                terms = self._group_terms(optimizer, ps, step, lr, wd, beta1, beta2, eps)
                 name = group["name"]
                 parts[name] = terms if name not in parts else [a + b for a, b in zip(parts[name], terms, strict=True)]
         if not parts:
@@ -97,24 +116,26 @@ class HypergradientMeter:
         self.sums += torch.stack(rows)
 
     @staticmethod
-    def _group_terms(optimizer, params, lr, wd, beta1, beta2, eps) -> list[torch.Tensor]:
+    def _group_terms(optimizer, params, step, lr, wd, beta1, beta2, eps) -> list[torch.Tensor]:
         # One flat copy per quantity: six dot products on contiguous memory are far
         # cheaper than per-tensor reductions over ~100 small tensors.
         g = _flat([p.grad for p in params])
         theta = _flat(params)  # theta_{t+1}
         v = _flat([optimizer.state[p]["exp_avg_sq"] for p in params])
         m = _flat([optimizer.state[p]["exp_avg"] for p in params])
-        # Bias corrections per parameter tensor, from its own step count (a head that
-        # got no gradient in some steps has taken fewer), on the device: no host read.
-        steps = torch.stack([optimizer.state[p]["step"].reshape(()) for p in params]).to(g.device, torch.float64)
-        bc1, bc2 = 1 - beta1**steps, 1 - beta2**steps
-        sizes = torch.tensor([p.numel() for p in params], device=g.device)
-        per_element = torch.stack([bc2.sqrt() / bc1, eps * bc2.sqrt()]).to(g.dtype)  # (2, P)
-        k, eps_hat = torch.repeat_interleave(per_element, sizes, dim=1, output_size=g.numel())
         # u = m / (sqrt(v) / sqrt(bc2) + eps) / bc1 = k * m / (sqrt(v) + eps sqrt(bc2)), k = sqrt(bc2) / bc1
-        u = m.div_(v.sqrt_().add_(eps_hat)).mul_(k)  # u_t, in place on the copies
-        gu, gg, uu = torch.dot(g, u), torch.dot(g, g), torch.dot(u, u)
-        gp, pp, up = torch.dot(g, theta), torch.dot(theta, theta), torch.dot(u, theta)
+        if step is not None:  # one step count for all: scalar bias corrections
+            bc1, bc2 = 1 - beta1**step, 1 - beta2**step
+            u, k = m.div_(v.sqrt_().add_(eps * math.sqrt(bc2))), math.sqrt(bc2) / bc1  # u_t / k
+        else:  # each tensor's own step count (a head without gradient in some steps has fewer)
+            steps = torch.stack([optimizer.state[p]["step"].reshape(()) for p in params]).to(g.device, torch.float64)
+            bc1, bc2 = 1 - beta1**steps, 1 - beta2**steps
+            sizes = torch.tensor([p.numel() for p in params], device=g.device)
+            per_element = torch.stack([bc2.sqrt() / bc1, eps * bc2.sqrt()]).to(g.dtype)  # (2, P)
+            k, eps_hat = torch.repeat_interleave(per_element, sizes, dim=1, output_size=g.numel())
+            u, k = m.div_(v.sqrt_().add_(eps_hat)).mul_(k), 1.0  # u_t
+        gu, gg, uu = k * torch.dot(g, u), torch.dot(g, g), k**2 * torch.dot(u, u)
+        gp, pp, up = torch.dot(g, theta), torch.dot(theta, theta), k * torch.dot(u, theta)
         # With p = theta_{t+1} and c = 1 / (1 - lr wd):
         #   theta_t = c (p + lr u),  d = u + wd theta_t = c (u + wd p)
         c = 1.0 / (1.0 - lr * wd)
