@@ -287,7 +287,6 @@ class _RunningStats:
         self.worst_end.fill_(state.step - 1)
 
 
-
 def train(
     model: nn.Module,
     train_split: EncodedSplit,
