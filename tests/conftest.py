@@ -106,6 +106,20 @@ def tokenized(samples, tokenization_params):
     }
 
 
+def training_inputs(samples, images, tokenized, model_params, training_params, **extra) -> dict:
+    """The catalog entries a training run reads (`TRAINING_INPUTS`), plus `extra`."""
+    return {
+        "samples": samples,
+        "images": images,
+        "encoded_texts": tokenized["encoded_texts"],
+        "answer_vocab": tokenized["answer_vocab"],
+        "tokenizer": tokenized["tokenizer"],
+        "params:model": model_params,
+        "params:training": training_params,
+        **extra,
+    }
+
+
 def run_pipeline(pipeline, inputs: dict):
     """Run `pipeline` with SequentialRunner on an in-memory catalog; return the catalog
     holding every dataset, intermediate outputs included (the runner would release them)."""

@@ -5,26 +5,13 @@ import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 import pytest
-from conftest import run_pipeline
+from conftest import run_pipeline, training_inputs
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from multimodal_doubleloop.pipelines import controller_study, training
 from multimodal_doubleloop.pipelines.controller_study.nodes import StudyConfig
 from multimodal_doubleloop.pipelines.training.nodes import plot_controller_decisions
-
-
-def _inputs(samples, images, tokenized, model_params, training_params, **extra):
-    return {
-        "samples": samples,
-        "images": images,
-        "encoded_texts": tokenized["encoded_texts"],
-        "answer_vocab": tokenized["answer_vocab"],
-        "tokenizer": tokenized["tokenizer"],
-        "params:model": model_params,
-        "params:training": training_params,
-        **extra,
-    }
 
 
 def test_controller_study_on_memory_catalog(samples, images, tokenized, model_params, training_params):
@@ -37,7 +24,7 @@ def test_controller_study_on_memory_catalog(samples, images, tokenized, model_pa
         "controller": {"every": 2, "measure_every": 1, "meta_lr": 0.05},
         "test_images": 6,
     }
-    inputs = _inputs(samples, images, tokenized, model_params, training_params,
+    inputs = training_inputs(samples, images, tokenized, model_params, training_params,
                      **{"params:controller_study": study})
     catalog = run_pipeline(controller_study.create_pipeline(), inputs)
     table = catalog.load("controller_study_table")
@@ -73,7 +60,7 @@ def test_training_pipeline_reports_controller_decisions(
 ):
     params = {**training_params, "max_steps": 6, "checkpoint_every": 0,
               "controller": {"method": "double_loop", "every": 2, "measure_every": 2}}
-    inputs = _inputs(samples, images, tokenized, model_params, params, **{"params:tasks": tasks_params})
+    inputs = training_inputs(samples, images, tokenized, model_params, params, **{"params:tasks": tasks_params})
     catalog = run_pipeline(training.create_pipeline(), inputs)
     curves = catalog.load("training_curves")
     assert [p["step"] for p in curves["controller/lr_scale/vision"]] == [2, 4]

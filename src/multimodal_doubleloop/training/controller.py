@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from ..models.strict import build
 from .hypergradient import HypergradientMeter
 
 logger = logging.getLogger(__name__)
@@ -95,13 +96,7 @@ class ControllerConfig:
 
     @classmethod
     def from_dict(cls, params: dict) -> ControllerConfig:
-        unknown = sorted(set(params) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) {unknown} in training.controller; "
-                f"allowed: {sorted(f.name for f in fields(cls))}"
-            )
-        return cls(**params)
+        return build(cls, params, "training.controller")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -160,14 +155,12 @@ class WindowStats:
             "acc_ema": self.acc_ema.cpu().clone(),
             "ok": self.ok.cpu().clone(),
             "progress": self.progress,
-            "read": (self.loss, self.accuracy),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.meter.load_state_dict(state["meter"])
         self.loss_ema, self.acc_ema = state["loss_ema"].clone(), state["acc_ema"].clone()
         self.ok, self.progress = state["ok"].clone(), state["progress"]
-        self.loss, self.accuracy = state["read"]
 
 
 def _as_dict(groups: list[str], log_scales: torch.Tensor) -> dict[str, float]:
@@ -358,16 +351,18 @@ class DoubleLoopController(_ScaleAdapter):
         )
         return torch.cat([normalised, bounded], 1)  # (G, len(FEATURES))
 
-    def _bounded(self, out: torch.Tensor, stats: dict, a0: torch.Tensor, b0: torch.Tensor):
-        """The log scales the outputs choose. Absolute mode (max_log_step 0): a = bound *
-        tanh(o). Step mode: the window's hypergradient says which way to move, the
-        network how far: a = a0 - step * tanh(exp(o) * cos), clamped to the bound, so
-        scales far from 1 are reached over windows of consistent evidence."""
+    def _bounded(self, out: torch.Tensor, prev: dict):
+        """The log scales the outputs choose, given the decision's record `prev` (the
+        scales a0, b0 before it and the window's cosines). Absolute mode (max_log_step
+        0): a = bound * tanh(o). Step mode: the window's hypergradient says which way to
+        move, the network how far: a = a0 - step * tanh(exp(o) * cos), clamped to the
+        bound, so scales far from 1 are reached over windows of consistent evidence."""
+        a0, b0 = prev["a"], prev["b"]
         cfg = self.cfg
         if cfg.max_log_step == 0:
             return cfg.max_log_scale * torch.tanh(out[:, 0]), cfg.max_log_wd_scale * torch.tanh(out[:, 1])
         gain = out.clamp(-4, 4).exp()
-        cos_lr, cos_wd = stats["lr_cosine"].clamp(-1, 1), stats["wd_cosine"].clamp(-1, 1)
+        cos_lr, cos_wd = prev["lr_cosine"].clamp(-1, 1), prev["wd_cosine"].clamp(-1, 1)
         a = (a0 - cfg.max_log_step * torch.tanh(gain[:, 0] * cos_lr)).clamp(-cfg.max_log_scale, cfg.max_log_scale)
         step_wd = min(cfg.max_log_step, cfg.max_log_wd_scale)
         b = (b0 - step_wd * torch.tanh(gain[:, 1] * cos_wd)).clamp(-cfg.max_log_wd_scale, cfg.max_log_wd_scale)
@@ -386,14 +381,14 @@ class DoubleLoopController(_ScaleAdapter):
                 "lr_cosine": stats["lr_cosine"], "wd_cosine": stats["wd_cosine"],
             }
             self.hc = hc
-            self.a, self.b = (v.clone() for v in self._bounded(out, stats, self.a, self.b))
+            self.a, self.b = (v.clone() for v in self._bounded(out, self.prev))
         self.last_log_loss = log_loss
 
     def _meta_update(self, stats: dict, target: float) -> None:
         """One Adam step on the controller: the window's hypergradients (dL/da_g,
         normalised) flow back through the outputs that set this window's scales."""
         out, pred, _ = self.net(self.prev["x"], (self.prev["h"], self.prev["c"]))
-        a, b = self._bounded(out, self.prev, self.prev["a"], self.prev["b"])
+        a, b = self._bounded(out, self.prev)
         loss = (stats["lr_cosine"].clamp(-1, 1) * a).mean() + self.cfg.scale_reg * a.square().mean()
         if self.cfg.max_log_wd_scale > 0:
             loss = loss + (stats["wd_cosine"].clamp(-1, 1) * b).mean() + self.cfg.scale_reg * b.square().mean()

@@ -430,14 +430,13 @@ def train(
             scales, wd_scales = {}, {}
             if adapter is not None:
                 adapter.before_step(state.step, optimizer)
-                scales, wd_scales = adapter.scales(), adapter.weight_decay_scales()
                 if adapter_scales is None or state.step % getattr(adapter, "every", 1) == 0:  # set at window ends only
                     names = sorted({g["name"] for g in optimizer.param_groups})
-                    scales = distributed.broadcast_scales(scales, names, device)  # identical on every rank
-                    wd_scales = distributed.broadcast_scales(wd_scales, names, device)
-                    adapter_scales = (scales, wd_scales)
-                else:
-                    scales, wd_scales = adapter_scales
+                    adapter_scales = tuple(  # rank 0's, identical on every rank
+                        distributed.broadcast_scales(s, names, device)
+                        for s in (adapter.scales(), adapter.weight_decay_scales())
+                    )
+                scales, wd_scales = adapter_scales
             base_lr = set_learning_rates(optimizer, cfg, state.step, total_steps, scales, wd_scales)
             _optimizer_step(optimizer, scaler, finite)  # a non-finite step is skipped on the device
             running.step_done(finite, state.step)

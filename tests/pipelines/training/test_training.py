@@ -1,22 +1,13 @@
 import pytest
 import torch
-from conftest import run_pipeline
+from conftest import run_pipeline, training_inputs
 
 from multimodal_doubleloop.pipelines.training import create_pipeline
 from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config, train_model
 
 
 def _inputs(samples, images, tokenized, model_params, training_params, tasks_params=None):
-    return {
-        "samples": samples,
-        "images": images,
-        "encoded_texts": tokenized["encoded_texts"],
-        "answer_vocab": tokenized["answer_vocab"],
-        "tokenizer": tokenized["tokenizer"],
-        "params:model": model_params,
-        "params:training": training_params,
-        "params:tasks": tasks_params,
-    }
+    return training_inputs(samples, images, tokenized, model_params, training_params, **{"params:tasks": tasks_params})
 
 
 def test_resolve_model_config_fills_data_sizes(model_params):

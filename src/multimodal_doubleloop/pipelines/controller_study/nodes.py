@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import matplotlib
 
@@ -24,6 +24,7 @@ from tokenizers import Tokenizer  # noqa: E402
 from ...data.batching import EncodedSplit, encoded_split  # noqa: E402
 from ...data.images import image_store  # noqa: E402
 from ...models import ModelConfig, build_model  # noqa: E402
+from ...models.strict import build  # noqa: E402
 from ...training.config import TrainConfig  # noqa: E402
 from ...training.controller import METHODS, build_adapter, decision_history  # noqa: E402
 from ...training.loop import evaluate, train  # noqa: E402
@@ -57,12 +58,7 @@ class StudyConfig:
 
     @classmethod
     def from_dict(cls, params: dict) -> StudyConfig:
-        unknown = sorted(set(params) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) {unknown} in controller_study; allowed: {sorted(f.name for f in fields(cls))}"
-            )
-        return cls(**params)
+        return build(cls, params, "controller_study")
 
 
 def first_images(split: EncodedSplit, n: int) -> EncodedSplit:

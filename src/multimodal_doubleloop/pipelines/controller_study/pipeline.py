@@ -1,5 +1,6 @@
 from kedro.pipeline import Node, Pipeline
 
+from ..training.pipeline import TRAINING_INPUTS
 from .nodes import run_controller_study, summarise_controller_study
 
 
@@ -8,16 +9,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 run_controller_study,
-                [
-                    "samples",
-                    "images",
-                    "encoded_texts",
-                    "answer_vocab",
-                    "tokenizer",
-                    "params:model",
-                    "params:training",
-                    "params:controller_study",
-                ],
+                [*TRAINING_INPUTS, "params:controller_study"],
                 "controller_study_cells",
                 name="run_controller_study",
             ),

@@ -121,6 +121,7 @@ def predict(batch: dict, inference_model: dict) -> dict[str, dict[str, np.ndarra
     for name, names in (inference_model.get("labels") or {}).items():
         if name in outputs and "values" in outputs[name]:
             outputs[name]["labels"] = np.asarray(names, dtype=object)  # class names of the head
+            outputs[name]["multilabel"] = np.asarray(model.heads[name].cfg.type == "multilabel")
     return outputs
 
 
@@ -155,7 +156,7 @@ def postprocess_predictions(
             table[name] = tokenizer.decode_batch(out["ids"].tolist(), skip_special_tokens=True)
         elif "labels" in out:  # a head with class names: the predicted names, then the values
             names, values = out["labels"], out["values"]
-            if values.shape[1] == len(names) and _is_multilabel(values):
+            if out["multilabel"]:
                 table[name] = [list(names[row >= 0.5]) for row in values]
             else:
                 table[name] = names[values.argmax(1)].tolist()
@@ -165,8 +166,3 @@ def postprocess_predictions(
                 column = name if key == "values" else f"{name}_{key}"
                 table[column] = values.astype(float).tolist()  # (B,) or (B, E) -> lists
     return table
-
-
-def _is_multilabel(values: np.ndarray) -> bool:
-    """Sigmoid outputs (independent per class) rather than a softmax (rows sum to 1)."""
-    return not np.allclose(values.sum(1), 1.0, atol=1e-3)
