@@ -88,10 +88,9 @@ def main() -> None:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    forward = torch.compile(model) if args.compile else model
     image_size = config["vision"]["image_size"]
 
-    def step(batch: dict) -> None:
+    def step(batch: dict, forward: torch.nn.Module = model) -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             inputs = {k: v for k, v in batch.items() if k != "labels"}
             logits = forward(tasks=["answer"], **inputs)["answer"]
@@ -115,17 +114,18 @@ def main() -> None:
                 break
         batch_size = max(8, int(batch_size * 0.75) // 8 * 8)  # headroom for fragmentation
     batch = make_batch(batch_size, image_size, 30522, device)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter:  # eager: the counter's module hooks would break a compiled graph
         step(batch)
     flops_per_step = counter.get_total_flops()
-    for _ in range(2):
-        step(batch)
+    forward = torch.compile(model) if args.compile else model
+    for _ in range(3):  # warm-up (and compilation)
+        step(batch, forward)
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(args.steps):
-        step(batch)
+        step(batch, forward)
     _sync(device)
     seconds = (time.perf_counter() - start) / args.steps
     peak, peak_source = device_peak(device)

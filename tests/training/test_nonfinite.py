@@ -45,7 +45,7 @@ def test_isolated_nan_steps_are_skipped_and_counted(setup, training_params):
     state = train(model, split, None, store, cfg, {}, tasks=poisoned_tasks({2, 4}))
     assert state.skipped_steps == 2 and state.bad_steps == 0
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
-    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())  # it still trained
+    assert any(not torch.equal(before[k].to(v.device), v) for k, v in model.state_dict().items())  # it still trained
 
 
 def test_consecutive_nan_steps_stop_with_a_clear_error(setup, training_params):
