@@ -37,9 +37,10 @@ def test_forward_backward_shapes():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
-def test_padding_does_not_change_real_tokens():
+@pytest.mark.parametrize("unpad", ["on", "off"])
+def test_padding_does_not_change_real_tokens(unpad):
     """Appending pad positions, whatever ids they hold, leaves real tokens unchanged."""
-    model = tiny_text().eval()
+    model = tiny_text(unpad=unpad).eval()
     ids, mask = ragged()
     _, tokens = model(ids, mask)
     extra = 5
@@ -78,3 +79,29 @@ def test_gradient_checkpointing_same_outputs_and_grads():
     torch.testing.assert_close(t0, t1)
     for name in g0:
         torch.testing.assert_close(g0[name], g1[name], msg=name)
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_unpadded_run_matches_padded_run(pool):
+    """Skipping the padding in the per-token layers changes no real output or gradient;
+    the padded positions come out as zeros."""
+    ids, mask = ragged()
+    results = {}
+    for unpad in ("on", "off"):
+        model = tiny_text(unpad=unpad, pool=pool).train()
+        pooled, tokens = model(ids, mask)
+        real = tokens * mask.unsqueeze(-1)
+        (pooled.square().sum() + real.square().mean()).backward()
+        results[unpad] = (pooled.detach(), tokens.detach(), {n: p.grad for n, p in model.named_parameters()})
+    (p_on, t_on, g_on), (p_off, t_off, g_off) = results["on"], results["off"]
+    torch.testing.assert_close(p_on, p_off)
+    real = mask.bool()
+    torch.testing.assert_close(t_on[real], t_off[real])
+    assert (t_on[~real] == 0).all()
+    for name in g_on:
+        torch.testing.assert_close(g_on[name], g_off[name], msg=name)
+
+
+def test_unpad_setting_is_checked():
+    with pytest.raises(ValueError, match="text.unpad"):
+        TextConfig(unpad="yes")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from multimodal_doubleloop.models.vision import (
     VisionConfig,
     VisionTransformer,
     init_weights,
+    patch_embed,
     sincos_2d,
 )
 
@@ -79,3 +81,22 @@ def test_gradient_checkpointing_same_outputs_and_grads():
     torch.testing.assert_close(t0, t1)
     for name in g0:
         torch.testing.assert_close(g0[name], g1[name], msg=name)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_patch_embedding_is_the_strided_convolution(channels_last):
+    """The matmul form of the patch embedding gives the convolution's tokens and
+    weight gradient."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 4, stride=4)
+    x = torch.randn(3, 8, 16, 16)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    ours = patch_embed(conv, x)
+    ours.square().sum().backward()
+    grad = conv.weight.grad.clone()
+    conv.zero_grad()
+    reference = conv(x).flatten(2).transpose(1, 2)  # (B, N, D)
+    reference.square().sum().backward()
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(grad, conv.weight.grad)

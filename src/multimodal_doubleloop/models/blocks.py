@@ -13,6 +13,29 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
+class Packing:
+    """The real (unpadded) tokens of a padded (B, T) batch, as rows of an (N, D) tensor.
+
+    Every per-token layer (projections, MLP, norms) then skips the padding, which is
+    a quarter of the work at typical padding; only attention needs the padded layout
+    and goes through `unpack`/`pack`. Building it reads how many tokens are real
+    (`nonzero`), which is free on CPU and a host sync on an accelerator."""
+
+    def __init__(self, attention_mask: torch.Tensor):
+        self.batch, self.length = attention_mask.shape
+        self.index = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,) flat positions
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (N, ...)."""
+        return x.reshape(self.batch * self.length, *x.shape[2:])[self.index]
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (B, T, ...), zeros at the padding."""
+        out = x.new_zeros(self.batch * self.length, *x.shape[1:])
+        out = out.index_copy(0, self.index, x)
+        return out.view(self.batch, self.length, *x.shape[1:])
+
+
 class Attention(nn.Module):
     """Multi-head attention on `F.scaled_dot_product_attention`.
 
@@ -44,14 +67,24 @@ class Attention(nn.Module):
         memory: torch.Tensor | None = None,  # (M, S, D)
         memory_index: torch.Tensor | None = None,  # (B,) rows of memory per query row
         causal: bool = False,
+        packing: Packing | None = None,  # x holds only the real tokens, (N, D)
     ) -> torch.Tensor:
+        if packing is not None:  # attention itself runs on the padded layout
+            return self.proj(packing.pack(self._self_attention(packing.unpack(self.qkv(x)), mask, causal)))
         if self.cross:
             q = self.q(x)
             k, v = self.kv(memory).chunk(2, dim=-1)  # (M, S, D) each
             if memory_index is not None:
                 k, v = k[memory_index], v[memory_index]  # (B, S, D)
-        else:
-            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            return self.proj(self._attend(q, k, v, mask, causal))
+        return self.proj(self._self_attention(self.qkv(x), mask, causal))
+
+    def _self_attention(self, qkv: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        q, k, v = qkv.chunk(3, dim=-1)
+        return self._attend(q, k, v, mask, causal)
+
+    def _attend(self, q, k, v, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        """(B, T|S, D) queries, keys, values -> (B, T, D), before the output projection."""
         q, k, v = self._split(q), self._split(k), self._split(v)
         attn_mask = mask.unsqueeze(1) if mask is not None else None  # (B, 1, 1|T, S)
         if causal and attn_mask is not None:
@@ -66,7 +99,7 @@ class Attention(nn.Module):
             is_causal=causal and attn_mask is None,
         )
         b, h, t, dh = out.shape
-        return self.proj(out.transpose(1, 2).reshape(b, t, h * dh))
+        return out.transpose(1, 2).reshape(b, t, h * dh)
 
 
 class MLP(nn.Module):
@@ -110,8 +143,9 @@ class Block(nn.Module):
         memory_mask: torch.Tensor | None = None,
         memory_index: torch.Tensor | None = None,
         causal: bool = False,
+        packing: Packing | None = None,
     ) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), mask=mask, causal=causal))
+        x = x + self.drop(self.attn(self.norm1(x), mask=mask, causal=causal, packing=packing))
         if self.cross and memory is not None:
             x = x + self.drop(
                 self.cross_attn(

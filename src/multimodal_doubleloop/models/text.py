@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .blocks import Block, key_padding_mask, run_blocks
+from .blocks import Block, Packing, key_padding_mask, run_blocks
 
 
 @dataclass
@@ -24,8 +24,13 @@ class TextConfig:
     # Pooled feature: the [CLS] token, or the mean over real tokens (at initialisation
     # [CLS] is nearly the same vector for every text; the mean is not).
     pool: str = "cls"
+    # Run the per-token layers on the real tokens only (`blocks.Packing`): "auto" does
+    # on CPU; on an accelerator counting the real tokens would be a host sync per step.
+    unpad: str = "auto"  # auto | on | off
 
     def __post_init__(self):
+        if self.unpad not in ("auto", "on", "off"):
+            raise ValueError(f"text.unpad={self.unpad!r}: use 'auto', 'on' or 'off'")
         if self.vocab_size < 2:
             raise ValueError(f"text.vocab_size={self.vocab_size} must be >= 2")
         if self.pool not in ("cls", "mean"):
@@ -38,7 +43,8 @@ class TextEncoder(nn.Module):
     """Token ids (B, T) + attention mask (B, T) -> pooled (B, D), tokens (B, T, D).
 
     Pooled is the first ([CLS]) token or the masked mean (`pool`). Padded positions never influence real tokens:
-    they are masked out as keys in every attention layer.
+    they are masked out as keys in every attention layer. Unpadded (`unpad`), their
+    outputs are zeros; otherwise they are computed and meaningless.
     """
 
     def __init__(self, cfg: TextConfig):
@@ -72,8 +78,13 @@ class TextEncoder(nn.Module):
         positions = torch.arange(t, device=input_ids.device)
         x = self.token_embed(input_ids) + self.pos_embed(positions) + self.type_embed(token_type_ids)
         x = self.drop(self.embed_norm(x))  # (B, T, D)
-        x = run_blocks(self.blocks, x, self.grad_checkpointing, mask=key_padding_mask(attention_mask))
-        x = self.norm(x)
+        mask = key_padding_mask(attention_mask)
+        if self.cfg.unpad == "on" or (self.cfg.unpad == "auto" and input_ids.device.type == "cpu"):
+            packing = Packing(attention_mask)  # padded positions come out as zeros
+            x = run_blocks(self.blocks, packing.pack(x), self.grad_checkpointing, mask=mask, packing=packing)
+            x = packing.unpack(self.norm(x))
+        else:
+            x = self.norm(run_blocks(self.blocks, x, self.grad_checkpointing, mask=mask))
         if self.cfg.pool == "cls":
             return x[:, 0], x
         weights = attention_mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
