@@ -16,8 +16,8 @@ from torch.utils.checkpoint import checkpoint
 class Packing:
     """The real (unpadded) tokens of a padded (B, T) batch, as rows of an (N, D) tensor.
 
-    Every per-token layer (projections, MLP, norms) then skips the padding, which is
-    a quarter of the work at typical padding; only attention needs the padded layout
+    Every per-token layer (projections, MLP, norms) then skips the padding (a quarter
+    of the work when lengths spread from half to full); only attention needs the padded layout
     and goes through `unpack`/`pack`. Building it reads how many tokens are real
     (`nonzero`), which is free on CPU and a host sync on an accelerator."""
 

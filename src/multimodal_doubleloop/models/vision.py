@@ -115,8 +115,8 @@ def patch_embed(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """`conv` (kernel = stride, no padding) applied to (B, C, H, W), as (B, N, D) tokens.
 
     Computed as one matmul on the flattened patches rather than by the convolution
-    kernel: the same numbers, and on CPU a much cheaper backward (a plain matrix
-    product for the weight gradient instead of a strided convolution's)."""
+    kernel: the same numbers, and cheaper on CPU (seed size, one thread, forward and
+    backward: 8.4 ms against the convolution's 9.4 ms)."""
     k = conv.kernel_size[0]
     b, c, h, w = x.shape
     patches = x.reshape(b, c, h // k, k, w // k, k).permute(0, 2, 4, 1, 3, 5)  # (B, gh, gw, C, k, k)
