@@ -105,3 +105,4 @@ def test_unpadded_run_matches_padded_run(pool):
 def test_unpad_setting_is_checked():
     with pytest.raises(ValueError, match="text.unpad"):
         TextConfig(unpad="yes")
+    assert TextConfig(unpad=False).unpad == "off" and TextConfig(unpad=True).unpad == "on"  # YAML on/off

@@ -26,9 +26,11 @@ class TextConfig:
     pool: str = "cls"
     # Run the per-token layers on the real tokens only (`blocks.Packing`): "auto" does
     # on CPU; on an accelerator counting the real tokens would be a host sync per step.
-    unpad: str = "auto"  # auto | on | off
+    unpad: str | bool = "auto"  # auto | on | off (YAML on/off arrive as booleans)
 
     def __post_init__(self):
+        if isinstance(self.unpad, bool):  # YAML reads a bare on/off as a boolean
+            self.unpad = "on" if self.unpad else "off"
         if self.unpad not in ("auto", "on", "off"):
             raise ValueError(f"text.unpad={self.unpad!r}: use 'auto', 'on' or 'off'")
         if self.vocab_size < 2:
