@@ -53,7 +53,7 @@ def _loss(model, i: int) -> torch.Tensor:
 
 
 def _optimizer(model, lr=0.05, wd=0.1):
-    return make_optimizer(model, TrainConfig(lr=lr, weight_decay=wd), torch.device("cpu"))
+    return make_optimizer(model, TrainConfig(lr=lr, weight_decay=wd))
 
 
 def _drive(adapter, model, opt, steps: int, lr: float, poison_at: int | None = None, start: int = 0) -> None:

@@ -21,6 +21,8 @@ class Interrupt(Exception):
 class StopAt:
     """An adapter that changes nothing but raises at a given step (a crash)."""
 
+    every = 1
+
     def __init__(self, step: int):
         self.step = step
 

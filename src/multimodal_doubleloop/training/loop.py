@@ -50,6 +50,8 @@ RESUMABLE_DIFFERENCES = {
 class Adapter(Protocol):
     """What the loop needs from a learning-rate adapter (e.g. the controller)."""
 
+    every: int  # inner steps between decisions: the scales change only at multiples of it
+
     def scales(self) -> dict[str, float]: ...  # per-group LR multipliers
 
     def weight_decay_scales(self) -> dict[str, float]: ...  # per-group WD multipliers
@@ -89,7 +91,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with one group per (component, decay) pair; norms, biases and
     embeddings-like 1-D parameters get no weight decay."""
     groups = []
@@ -315,7 +317,7 @@ def train(
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)  # conv weights; batches match in `_to`
-    optimizer = make_optimizer(model, cfg, device)
+    optimizer = make_optimizer(model, cfg)
     if tasks.to(device).parameters():
         optimizer.add_param_group(
             {"params": tasks.parameters(), "weight_decay": 0.0, "name": "loss_weights", "base_wd": 0.0}
@@ -430,7 +432,7 @@ def train(
             scales, wd_scales = {}, {}
             if adapter is not None:
                 adapter.before_step(state.step, optimizer)
-                if adapter_scales is None or state.step % getattr(adapter, "every", 1) == 0:  # set at window ends only
+                if adapter_scales is None or state.step % adapter.every == 0:  # set at window ends only
                     names = sorted({g["name"] for g in optimizer.param_groups})
                     adapter_scales = tuple(  # rank 0's, identical on every rank
                         distributed.broadcast_scales(s, names, device)

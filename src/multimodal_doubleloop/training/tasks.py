@@ -194,7 +194,7 @@ def task_rows(table: pd.DataFrame, cfg: TaskConfig) -> np.ndarray:
         raise ValueError(
             f"{cfg.type} task reads column(s) {missing} the sample table lacks (it has "
             f"{list(table.columns)}); easy-VQA derives color, shape, color_shape, coverage. "
-                "For other sources drop the task from tasks.active (e.g. tasks.active=answer)"
+            "For other sources drop the task from tasks.active (e.g. tasks.active=answer)"
         )
     if cfg.type == "classification":
         return _known(table[cfg.target])
@@ -876,7 +876,8 @@ def task_metrics(tasks: TaskSet, result: dict, table: pd.DataFrame, context: dic
     """Metrics of every task on one split (`table`: its rows, in split order):
     `<metric>` for a single task, else `<task>_<metric>`; plus `loss` (summed
     per-task mean losses). With several tasks the primary (first) task's metrics also
-    appear under their plain keys, so `accuracy` always means the primary task's. Caption samples and zero-shot confusions land in `context`."""
+    appear under their plain keys, so `accuracy` always means the primary task's.
+    Caption samples and zero-shot confusions land in `context`."""
     metrics = {}
     single = len(tasks.tasks) == 1
     for task in tasks.tasks:
