@@ -23,6 +23,7 @@ def test_controller_study_on_memory_catalog(samples, images, tokenized, model_pa
                      "resume": False, "log_every": 1},
         "controller": {"every": 2, "measure_every": 1, "meta_lr": 0.05},
         "test_images": 6,
+        "seeds": [0, 1],
     }
     inputs = training_inputs(samples, images, tokenized, model_params, training_params,
                      **{"params:controller_study": study})
@@ -32,18 +33,28 @@ def test_controller_study_on_memory_catalog(samples, images, tokenized, model_pa
         (m, lr) for lr in (1e-4, 1e-2) for m in ("fixed", "hypergradient", "double_loop")
     ]
     assert table["test_accuracy"].between(0, 1).all() and (table["steps"] == 4).all()
+    # One row per cell: the mean over its seeds, beside each seed's accuracy.
+    assert (table["seeds"] == 2).all()
+    per_seed = table[["test_accuracy_seed0", "test_accuracy_seed1"]]
+    assert table["test_accuracy"].tolist() == pytest.approx(per_seed.mean(axis=1).tolist())
+    assert (table["test_accuracy_min"] == per_seed.min(axis=1)).all()
     assert table["test_questions"].nunique() == 1 and table["test_questions"].iloc[0] < 100
     assert isinstance(catalog.load("controller_study_plot"), plt.Figure)
     runs = catalog.load("controller_study_runs")
-    assert set(runs) == {f"{m}_lr{lr:g}" for lr in (1e-4, 1e-2) for m in ("fixed", "hypergradient", "double_loop")}
-    adaptive = runs["double_loop_lr0.01"]
-    assert adaptive["tags"] == {"study": "controller_study", "method": "double_loop", "base_lr": 1e-2}
+    assert set(runs) == {
+        f"{m}_lr{lr:g}_seed{s}" for lr in (1e-4, 1e-2) for m in ("fixed", "hypergradient", "double_loop") for s in (0, 1)
+    }
+    adaptive = runs["double_loop_lr0.01_seed1"]
+    assert adaptive["tags"] == {"study": "controller_study", "method": "double_loop", "base_lr": 1e-2, "seed": 1}
     assert [p["step"] for p in adaptive["metrics"]["controller/lr_scale/heads"]] == [2]
-    assert not any(k.startswith("controller/") for k in runs["fixed_lr0.01"]["metrics"])
-    # Same seed, same data: the fixed and adaptive cells agree until the first decision.
+    assert not any(k.startswith("controller/") for k in runs["fixed_lr0.01_seed0"]["metrics"])
+    # Same seed, same data: the fixed and adaptive cells agree until the first decision;
+    # another seed trains on other batches from other weights.
     cells = catalog.load("controller_study_cells")
-    losses = {c["method"]: c["curves"]["step_loss"] for c in cells if c["base_lr"] == 1e-2}
-    assert losses["fixed"][:2] == losses["hypergradient"][:2] == losses["double_loop"][:2]
+    losses = {(c["method"], c["seed"]): c["curves"]["step_loss"] for c in cells if c["base_lr"] == 1e-2}
+    for seed in (0, 1):
+        assert losses["fixed", seed][:2] == losses["hypergradient", seed][:2] == losses["double_loop", seed][:2]
+    assert losses["fixed", 0][0] != losses["fixed", 1][0]
 
 
 def test_study_config_fails_loudly():
@@ -53,6 +64,10 @@ def test_study_config_fails_loudly():
         StudyConfig(training={"lr": 1e-3})
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['base_lr'\]"):
         StudyConfig.from_dict({"base_lr": [1e-3]})
+    with pytest.raises(ValueError, match=r"sets \['seed'\]"):
+        StudyConfig(training={"seed": 3})
+    with pytest.raises(ValueError, match="distinct seeds"):
+        StudyConfig(seeds=[1, 1])
 
 
 def test_training_pipeline_reports_controller_decisions(
@@ -94,6 +109,7 @@ def test_kedro_run_controller_study_logs_one_nested_run_per_cell(tmp_path, monke
         "training": {"max_steps": 4, "warmup_steps": 1, "images_per_batch": 4},
         "controller": {"every": 2, "measure_every": 1},
         "test_images": 4,
+        "seeds": [0],
     }
     try:
         with KedroSession.create(tmp_path, env="test", runtime_params={"controller_study": study}) as session:
@@ -110,11 +126,11 @@ def test_kedro_run_controller_study_logs_one_nested_run_per_cell(tmp_path, monke
             zip(table["method"], table["base_lr"], strict=True)
         )
         by_name = {r.info.run_name: r for r in cells}
-        assert by_name["double_loop_lr0.01"].data.metrics["test_accuracy"] == pytest.approx(
+        assert by_name["double_loop_lr0.01_seed0"].data.metrics["test_accuracy"] == pytest.approx(
             table.set_index(["method", "base_lr"]).loc[("double_loop", 0.01), "test_accuracy"]
         )
         history = mlflow.MlflowClient().get_metric_history(
-            by_name["hypergradient_lr0.001"].info.run_id, "controller/lr_scale/heads"
+            by_name["hypergradient_lr0.001_seed0"].info.run_id, "controller/lr_scale/heads"
         )
         assert [m.step for m in history] == [2]
     finally:

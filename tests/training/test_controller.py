@@ -285,3 +285,50 @@ def test_step_mode_moves_gradually_and_reaches_beyond_the_absolute_bound():
     assert all(abs(a) <= bound + 1e-9 for row in logs for a in row)
     assert all(abs(a - b) <= step + 1e-9 for prev, row in zip(logs, logs[1:], strict=False) for a, b in zip(prev, row, strict=True))
     assert max(adapter.scales().values()) > 4.0
+
+
+@pytest.mark.parametrize("method", ["hypergradient", "double_loop"])
+def test_calibration_makes_the_base_lr_irrelevant(method):
+    """With `target_update_ratio`, the first measured step (step `measure_every`)
+    rescales every group so that the update/parameter ratio meets the target: base LRs
+    1000x apart end up at about the same effective LR, and the next window's measured
+    ratio is near the target."""
+    target = 0.01
+    cfg = ControllerConfig(
+        method=method, every=4, measure_every=2, max_log_scale=math.log(1e5),
+        target_update_ratio=target, max_log_wd_scale=0.0,
+    )
+    effective, ratios = {}, {}
+    for lr in (1e-5, 1e-2):
+        model = Tiny()
+        opt = _optimizer(model, lr=lr)
+        adapter = build_adapter(cfg, ["vision", "heads"], warmup_steps=100)  # frozen after calibrating
+        _drive(adapter, model, opt, steps=9, lr=lr)
+        first, second = adapter.trace[0], adapter.trace[1]
+        assert adapter.calibrated and [first["step"], second["step"]] == [2, 4]
+        effective[lr] = {g: lr * first[f"lr_scale/{g}"] for g in ("vision", "heads")}
+        ratios[lr] = {g: second[f"update_ratio/{g}"] for g in ("vision", "heads")}
+        assert second["lr_scale/vision"] == first["lr_scale/vision"]  # held: warm-up freezes the rest
+    for g in ("vision", "heads"):
+        assert 0.5 < effective[1e-5][g] / effective[1e-2][g] < 2.0, effective
+        assert all(target / 3 < ratios[lr][g] < target * 3 for lr in ratios), ratios
+
+
+def test_calibration_waits_for_a_finite_window_and_survives_a_checkpoint():
+    cfg = ControllerConfig(method="double_loop", every=2, measure_every=1, target_update_ratio=0.01)
+    model = Tiny()
+    opt = _optimizer(model, lr=1e-4)
+    adapter = build_adapter(cfg, ["vision", "heads"], warmup_steps=0)
+    _drive(adapter, model, opt, steps=3, lr=1e-4, poison_at=1)  # the first window is not finite
+    assert not adapter.calibrated and adapter.scales() == {"vision": 1.0, "heads": 1.0}
+    _drive(adapter, model, opt, steps=5, lr=1e-4, start=3)
+    assert adapter.calibrated and all(s > 2.0 for s in adapter.scales().values())  # 1e-4 is far too small here
+    restored = build_adapter(cfg, ["vision", "heads"], warmup_steps=0)
+    restored.load_state_dict(torch.load(io.BytesIO(_saved(adapter.state_dict())), weights_only=True))
+    assert restored.calibrated and torch.equal(restored.anchor, adapter.anchor)
+
+
+def _saved(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()

@@ -21,10 +21,11 @@ class Interrupt(Exception):
 class StopAt:
     """An adapter that changes nothing but raises at a given step (a crash)."""
 
-    every = 1
-
     def __init__(self, step: int):
         self.step = step
+
+    def decides_at(self, step: int) -> bool:
+        return True
 
     def scales(self) -> dict:
         return {}

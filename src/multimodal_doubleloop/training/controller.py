@@ -66,7 +66,14 @@ class ControllerConfig:
     hypergradient_lr: float = 0.03  # beta of plain hypergradient descent, per step on log lr
     hidden: int = 32  # LSTM width
     meta_lr: float = 0.02  # Adam LR of the controller's own parameters
-    scale_reg: float = 0.1  # weight of a_g^2 (pull toward scale 1)
+    scale_reg: float = 0.1  # weight of (a_g - anchor_g)^2 (pull toward the anchor: scale 1 uncalibrated)
+    # Calibration (0 = off): at the first measured step (step `measure_every`, early in
+    # warm-up), multiply every group's scale by one factor so that the update/parameter
+    # ratio (geometric mean over the groups), projected to the schedule's peak, is this
+    # per step; those scales become the anchor the pull acts toward. Adam's update size does not depend on the gradient's scale, so the
+    # ratio is a base-LR-free unit: a base LR 100x off is corrected in one decision,
+    # before a too-large LR has done harm or a too-small one has wasted the warm-up.
+    target_update_ratio: float = 0.0
     loss_ema: float = 0.9  # per-step EMA of training loss / accuracy fed to the controller
     norm_decay: float = 0.9  # per-window decay of the running feature normalisers
     seed: int = 0  # controller initialisation (private generator; training RNG untouched)
@@ -84,6 +91,7 @@ class ControllerConfig:
             "hidden": self.hidden >= 1,
             "meta_lr": self.meta_lr > 0,
             "scale_reg": self.scale_reg >= 0,
+            "target_update_ratio": 0 <= self.target_update_ratio < 1,
             "loss_ema": 0 <= self.loss_ema < 1,
             "norm_decay": 0 <= self.norm_decay < 1,
         }
@@ -123,6 +131,10 @@ class WindowStats:
         self.ok = torch.tensor(True)
         self.progress = 0.0
         self.loss = self.accuracy = float("nan")  # the EMAs as read at the last window end
+        # The schedule multiplier of the last step taken (host float), and the sum of its
+        # log over the steps whose update the meter measured in this window.
+        self.lr_factor = float("nan")
+        self.log_factor_sum, self.log_factor_count = 0.0, 0
 
     def observe(self, stats: dict) -> None:
         """Fold one step in, on the device (no host sync)."""
@@ -130,6 +142,7 @@ class WindowStats:
         acc = torch.as_tensor(stats["accuracy"]).double()
         good = torch.as_tensor(stats["finite"]) & torch.isfinite(loss) & (loss > 0)
         self.progress = float(stats.get("progress", self.progress))
+        self.lr_factor = float(stats.get("lr_factor", float("nan")))
         self.ok = self.ok.to(good.device) & good
         d = self.cfg.loss_ema
         for name, value in (("loss_ema", loss), ("acc_ema", acc)):
@@ -137,8 +150,16 @@ class WindowStats:
             new = torch.where(torch.isnan(ema), value, d * ema + (1 - d) * value)
             setattr(self, name, torch.where(good, new, ema))
 
+    def measure(self, optimizer) -> None:
+        """Measure the last step's hypergradient (and note the schedule it ran at)."""
+        self.meter.measure(optimizer)
+        if self.lr_factor > 0:  # NaN before the first step: nothing was measured
+            self.log_factor_sum += math.log(self.lr_factor)
+            self.log_factor_count += 1
+
     def close(self) -> tuple[dict, bool]:
-        """The window's per-group means (one host sync) and whether all were finite."""
+        """The window's per-group means (one host sync) and whether all were finite;
+        `log_lr_factor` is the mean log schedule multiplier of the measured steps."""
         stats = self.meter.read()
         ok_now, self.loss, self.accuracy = torch.stack(
             [self.ok.to(self.loss_ema.device).double(), self.loss_ema, self.acc_ema]
@@ -146,6 +167,8 @@ class WindowStats:
         ok = bool(ok_now) and all(bool(torch.isfinite(v).all()) for v in stats.values())
         ok = ok and math.isfinite(self.loss) and math.isfinite(self.accuracy)
         self.ok = torch.ones_like(self.ok)
+        stats["log_lr_factor"] = self.log_factor_sum / max(self.log_factor_count, 1)
+        self.log_factor_sum, self.log_factor_count = 0.0, 0
         return stats, ok
 
     def state_dict(self) -> dict:
@@ -155,12 +178,16 @@ class WindowStats:
             "acc_ema": self.acc_ema.cpu().clone(),
             "ok": self.ok.cpu().clone(),
             "progress": self.progress,
+            "lr_factor": self.lr_factor,
+            "log_factor": (self.log_factor_sum, self.log_factor_count),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.meter.load_state_dict(state["meter"])
         self.loss_ema, self.acc_ema = state["loss_ema"].clone(), state["acc_ema"].clone()
         self.ok, self.progress = state["ok"].clone(), state["progress"]
+        self.lr_factor = state["lr_factor"]
+        self.log_factor_sum, self.log_factor_count = state["log_factor"]
 
 
 def _as_dict(groups: list[str], log_scales: torch.Tensor) -> dict[str, float]:
@@ -174,6 +201,7 @@ def _trace_row(step: int, groups, a, b, stats: dict, fallback: bool, **extra) ->
         row[f"wd_scale/{g}"] = math.exp(float(b[i]))
         cos = float(stats["lr_cosine"][i])
         row[f"lr_cosine/{g}"] = cos if math.isfinite(cos) else 0.0
+        row[f"update_ratio/{g}"] = math.exp(float(stats["log_update_ratio"][i]))  # per step, |dtheta| / |theta|
     return {**row, **{k: v for k, v in extra.items() if math.isfinite(v)}}  # no NaN before the first meta step
 
 
@@ -196,13 +224,20 @@ class _ScaleAdapter:
         self.window = WindowStats(cfg, self.groups)
         self.a = torch.zeros(len(self.groups), dtype=torch.float64)  # log LR scale per group
         self.b = torch.zeros(len(self.groups), dtype=torch.float64)  # log WD scale per group
+        # Where the pull toward a default scale acts: 0 (scale 1) until calibrated.
+        self.anchor = torch.zeros(len(self.groups), dtype=torch.float64)
+        self.calibrated = False
         self.trace: list[dict] = []
         self._publish()
 
-    @property
-    def every(self) -> int:
-        """Inner steps between decisions: the scales change only at multiples of it."""
-        return self.cfg.every
+    def _calibrates_at(self, step: int) -> bool:
+        return bool(self.cfg.target_update_ratio) and step == self.cfg.measure_every
+
+    def decides_at(self, step: int) -> bool:
+        """Whether the scales may change before `step`: at window ends (multiples of
+        `every`) and at the calibration step. A function of the step alone, so every
+        rank asks at the same steps."""
+        return step % self.cfg.every == 0 or self._calibrates_at(step)
 
     def _publish(self) -> None:
         """The multipliers as plain floats, read once per decision (not once per step)."""
@@ -220,16 +255,42 @@ class _ScaleAdapter:
     def before_step(self, step: int, optimizer) -> None:
         """Measure the previous step's hypergradient; decide at window ends."""
         if step % self.cfg.measure_every == 0:
-            self.window.meter.measure(optimizer)
-        if step == 0 or step % self.cfg.every:
+            self.window.measure(optimizer)
+        window_end = step % self.cfg.every == 0
+        if step == 0 or not (window_end or (self._calibrates_at(step) and not self.calibrated)):
             return
         stats, ok = self.window.close()
         if not ok:
             self.a.zero_()
             self.b.zero_()
             logger.warning("%s: non-finite statistics at step %d, scales reset to 1", self.method, step)
-        self._window_end(step, stats, ok)
+        elif self.cfg.target_update_ratio and not self.calibrated:  # a failed calibration retries at the next window end
+            self._calibrate(step, stats)
+        if window_end:
+            self._window_end(step, stats, ok)
+        else:  # the calibration step alone: recorded, no learned decision
+            self.trace.append(_trace_row(step, self.groups, self.a, self.b, stats, fallback=not ok))
         self._publish()
+
+    def _calibrate(self, step: int, stats: dict) -> None:
+        """One common factor on every group's scale that puts the groups' update/
+        parameter ratio (geometric mean over the groups), projected to the schedule's
+        peak, at `target_update_ratio`: the ratio is proportional to the LR, so one
+        measurement tells the LR that meets the target. The groups keep their LR
+        ratios (the preset's balance); the outer loop adapts them from there."""
+        measured = stats["count"] > 0
+        if not bool(measured.any()):
+            return
+        peak_ratio = stats["log_update_ratio"] - stats["log_lr_factor"]  # log, at the schedule's peak
+        shift = math.log(self.cfg.target_update_ratio) - float(peak_ratio[measured].mean())
+        bound = self.cfg.max_log_scale
+        self.anchor = (self.a + shift).clamp(-bound, bound)
+        self.a = self.anchor.clone()
+        self.calibrated = True
+        logger.info(
+            "%s: calibrated at step %d to update ratio %g: LR scales %s", self.method, step,
+            self.cfg.target_update_ratio, {g: round(v, 4) for g, v in _as_dict(self.groups, self.a).items()},
+        )
 
     def _window_end(self, step: int, stats: dict, ok: bool) -> None:
         raise NotImplementedError
@@ -241,6 +302,8 @@ class _ScaleAdapter:
             "window": self.window.state_dict(),
             "a": self.a.clone(),
             "b": self.b.clone(),
+            "anchor": self.anchor.clone(),
+            "calibrated": self.calibrated,
             "trace": [dict(r) for r in self.trace],
         }
 
@@ -248,6 +311,7 @@ class _ScaleAdapter:
         _check_state(state, self.method, self.groups)
         self.window.load_state_dict(state["window"])
         self.a, self.b = state["a"].clone(), state["b"].clone()
+        self.anchor, self.calibrated = state["anchor"].clone(), state["calibrated"]
         self.trace = [dict(r) for r in state["trace"]]
         self._publish()
 
@@ -360,7 +424,8 @@ class DoubleLoopController(_ScaleAdapter):
         a0, b0 = prev["a"], prev["b"]
         cfg = self.cfg
         if cfg.max_log_step == 0:
-            return cfg.max_log_scale * torch.tanh(out[:, 0]), cfg.max_log_wd_scale * torch.tanh(out[:, 1])
+            a = (self.anchor + cfg.max_log_scale * torch.tanh(out[:, 0])).clamp(-cfg.max_log_scale, cfg.max_log_scale)
+            return a, cfg.max_log_wd_scale * torch.tanh(out[:, 1])
         gain = out.clamp(-4, 4).exp()
         cos_lr, cos_wd = prev["lr_cosine"].clamp(-1, 1), prev["wd_cosine"].clamp(-1, 1)
         a = (a0 - cfg.max_log_step * torch.tanh(gain[:, 0] * cos_lr)).clamp(-cfg.max_log_scale, cfg.max_log_scale)
@@ -389,7 +454,7 @@ class DoubleLoopController(_ScaleAdapter):
         normalised) flow back through the outputs that set this window's scales."""
         out, pred, _ = self.net(self.prev["x"], (self.prev["h"], self.prev["c"]))
         a, b = self._bounded(out, self.prev)
-        loss = (stats["lr_cosine"].clamp(-1, 1) * a).mean() + self.cfg.scale_reg * a.square().mean()
+        loss = (stats["lr_cosine"].clamp(-1, 1) * a).mean() + self.cfg.scale_reg * (a - self.anchor).square().mean()
         if self.cfg.max_log_wd_scale > 0:
             loss = loss + (stats["wd_cosine"].clamp(-1, 1) * b).mean() + self.cfg.scale_reg * b.square().mean()
         meta = (pred - target) ** 2  # the meta head: next window's change in log loss

@@ -50,7 +50,7 @@ RESUMABLE_DIFFERENCES = {
 class Adapter(Protocol):
     """What the loop needs from a learning-rate adapter (e.g. the controller)."""
 
-    every: int  # inner steps between decisions: the scales change only at multiples of it
+    def decides_at(self, step: int) -> bool: ...  # may the scales change before `step`?
 
     def scales(self) -> dict[str, float]: ...  # per-group LR multipliers
 
@@ -432,7 +432,7 @@ def train(
             scales, wd_scales = {}, {}
             if adapter is not None:
                 adapter.before_step(state.step, optimizer)
-                if adapter_scales is None or state.step % adapter.every == 0:  # set at window ends only
+                if adapter_scales is None or adapter.decides_at(state.step):  # at its decision steps only
                     names = sorted({g["name"] for g in optimizer.param_groups})
                     adapter_scales = tuple(  # rank 0's, identical on every rank
                         distributed.broadcast_scales(s, names, device)
@@ -453,6 +453,7 @@ def train(
                         "accuracy": running.accuracy(state),
                         "finite": finite,
                         "progress": state.step / total_steps,
+                        "lr_factor": base_lr / cfg.lr,  # the schedule's multiplier for this step
                     },
                     optimizer,
                 )

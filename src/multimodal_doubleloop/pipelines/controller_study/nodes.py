@@ -1,9 +1,12 @@
 """Controller study nodes: train every (method, base LR) cell, then tabulate and plot.
 
-Every cell starts from the same initial weights and sees the same batches (same
-seed); only the base learning rate and the outer loop differ. Cells train for a
-fixed step budget without validation and are scored on a fixed subset of the test
-split (the first `test_images` test images with all their questions).
+A cell is one (method, base LR) pair, trained once per seed in `seeds`. For one
+seed, every cell starts from the same initial weights and sees the same batches;
+only the base learning rate and the outer loop differ. Runs train for a fixed step
+budget without validation and are scored on a fixed subset of the test split (the
+first `test_images` test images with all their questions). At this budget one
+seed's accuracy moves by 2-3 points from seed to seed, so the table reports each
+cell's mean over the seeds (and its spread); a single seed cannot resolve 1 point.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class StudyConfig:
     training: dict = field(default_factory=dict)  # overrides of params:training in every cell
     controller: dict = field(default_factory=dict)  # training.controller of the adaptive cells
     test_images: int = 0  # score on the first N test images (all their questions); 0 = all
+    seeds: list[int] = field(default_factory=lambda: [0])  # training.seed of each run of a cell
 
     def __post_init__(self):
         unknown = sorted(set(self.methods) - set(METHODS))
@@ -48,11 +52,13 @@ class StudyConfig:
             raise ValueError(f"controller_study.methods={self.methods!r}: use a subset of {METHODS}")
         if not self.base_lrs or any(lr <= 0 for lr in self.base_lrs):
             raise ValueError(f"controller_study.base_lrs={self.base_lrs!r} must be positive")
-        owned = sorted({"lr", "controller"} & set(self.training))
+        owned = sorted({"lr", "controller", "seed"} & set(self.training))
         if owned:
             raise ValueError(f"controller_study.training sets {owned}; the study sets these per cell")
         if "method" in self.controller:
             raise ValueError("controller_study.controller.method is set per cell; remove it")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"controller_study.seeds={self.seeds!r}: give one or more distinct seeds")
         if self.test_images < 0:
             raise ValueError(f"controller_study.test_images={self.test_images} must be >= 0")
 
@@ -81,7 +87,7 @@ def run_controller_study(
     training_params: dict,
     study_params: dict,
 ) -> list[dict]:
-    """Train and test one model per (method, base LR); returns one record per cell."""
+    """Train and test one model per (method, base LR, seed); returns one record per run."""
     study = StudyConfig.from_dict(study_params)
     model_config = resolve_model_config(
         {**model_params, "preset": study.model_preset},
@@ -97,68 +103,86 @@ def run_controller_study(
     if not len(train_split) or not len(test_split):
         raise ValueError("controller_study needs 'train' and 'test' rows in samples")
     cells = []
-    for lr in study.base_lrs:
-        for method in study.methods:
-            cfg = TrainConfig.from_dict(
-                {**training_params, **study.training, "lr": lr, "controller": {**study.controller, "method": method}}
-            )
-            torch.manual_seed(cfg.seed)  # every cell starts from the same weights
-            model = build_model(ModelConfig.from_dict(model_config))
-            adapter = build_adapter(cfg.controller, list(model.parameter_groups()), cfg.warmup_steps)
-            run_config = {
-                "model": model_config,
-                "training": cfg.to_dict(),
-                "data": {"tokenizer_sha256": hashlib.sha256(tokenizer.encode()).hexdigest()},
-            }
-            start = time.perf_counter()
-            state = train(model, train_split, None, store, cfg, run_config, adapter)
-            seconds = time.perf_counter() - start
-            result = evaluate(model, test_split, store, cfg)
-            trace = adapter.trace if adapter is not None else []
-            cell = {
-                "method": method,
-                "base_lr": lr,
-                "test_accuracy": result["accuracy"],
-                "test_loss": result["loss"],
-                "train_loss": state.history[-1]["train_loss"],  # mean over the (last) epoch's steps
-                "steps": state.step,
-                "train_seconds": seconds,
-                "test_questions": len(test_split),
-                "curves": {
-                    "step_loss": [{"step": r["step"], "value": r["loss"]} for r in state.step_log],
-                    "lr": [{"step": r["step"], "value": r["lr"]} for r in state.step_log],
-                    **decision_history(trace),
-                },
-                "final_scales": {k: v for k, v in (trace[-1] if trace else {}).items() if "_scale/" in k},
-                "training": cfg.to_dict(),
-            }
-            logger.info(
-                "controller_study %-13s lr=%g: test accuracy %.4f, %d steps in %.0f s",
-                method, lr, cell["test_accuracy"], state.step, seconds,
-            )
-            cells.append(cell)
+    for lr, method, seed in ((lr, m, s) for lr in study.base_lrs for m in study.methods for s in study.seeds):
+        cfg = TrainConfig.from_dict(
+            {**training_params, **study.training, "lr": lr, "seed": seed,
+             "controller": {**study.controller, "method": method}}
+        )
+        torch.manual_seed(cfg.seed)  # runs of one seed start from the same weights
+        model = build_model(ModelConfig.from_dict(model_config))
+        adapter = build_adapter(cfg.controller, list(model.parameter_groups()), cfg.warmup_steps)
+        run_config = {
+            "model": model_config,
+            "training": cfg.to_dict(),
+            "data": {"tokenizer_sha256": hashlib.sha256(tokenizer.encode()).hexdigest()},
+        }
+        start = time.perf_counter()
+        state = train(model, train_split, None, store, cfg, run_config, adapter)
+        seconds = time.perf_counter() - start
+        result = evaluate(model, test_split, store, cfg)
+        trace = adapter.trace if adapter is not None else []
+        cell = {
+            "method": method,
+            "base_lr": lr,
+            "seed": seed,
+            "test_accuracy": result["accuracy"],
+            "test_loss": result["loss"],
+            "train_loss": state.history[-1]["train_loss"],  # mean over the (last) epoch's steps
+            "steps": state.step,
+            "train_seconds": seconds,
+            "test_questions": len(test_split),
+            "curves": {
+                "step_loss": [{"step": r["step"], "value": r["loss"]} for r in state.step_log],
+                "lr": [{"step": r["step"], "value": r["lr"]} for r in state.step_log],
+                **decision_history(trace),
+            },
+            "final_scales": {k: v for k, v in (trace[-1] if trace else {}).items() if "_scale/" in k},
+            "training": cfg.to_dict(),
+        }
+        logger.info(
+            "controller_study %-13s lr=%g seed=%d: test accuracy %.4f, %d steps in %.0f s",
+            method, lr, seed, cell["test_accuracy"], state.step, seconds,
+        )
+        cells.append(cell)
     return cells
 
 
 def summarise_controller_study(cells: list[dict]) -> tuple[pd.DataFrame, plt.Figure, dict]:
-    """The results table, test accuracy vs base LR per method, and one MLflow run per cell."""
-    rows = []
-    for cell in cells:
-        row = {k: cell[k] for k in ("method", "base_lr", "test_accuracy", "test_loss", "train_loss",
-                                    "steps", "train_seconds", "test_questions")}
-        row.update({f"final_{k.replace('/', '_')}": v for k, v in sorted(cell["final_scales"].items())})
-        rows.append(row)
-    table = pd.DataFrame(rows)
+    """The results table (one row per (method, base LR): means over the seeds, their
+    spread and each seed's accuracy), test accuracy vs base LR per method, and one
+    MLflow run per (method, base LR, seed)."""
+    runs = pd.DataFrame(
+        [
+            {
+                **{k: c[k] for k in ("method", "base_lr", "seed", "test_accuracy", "test_loss", "train_loss",
+                                     "steps", "train_seconds", "test_questions")},
+                **{f"final_{k.replace('/', '_')}": v for k, v in sorted(c["final_scales"].items())},
+            }
+            for c in cells
+        ]
+    )
+    keys = ["method", "base_lr"]
+    grouped = runs.groupby(keys, sort=False)
+    table = grouped.mean(numeric_only=True).drop(columns="seed")
+    accuracy = grouped["test_accuracy"]
+    table.insert(1, "test_accuracy_std", accuracy.std(ddof=1).fillna(0.0))
+    table.insert(2, "test_accuracy_min", accuracy.min())
+    table.insert(3, "test_accuracy_max", accuracy.max())
+    table.insert(4, "seeds", accuracy.size())
+    per_seed = runs.pivot_table(index=keys, columns="seed", values="test_accuracy", sort=False)
+    table = table.join(per_seed.rename(columns=lambda s: f"test_accuracy_seed{s}"))
+    table = table.reset_index()
+    table[["steps", "test_questions"]] = table[["steps", "test_questions"]].astype(int)
     best_fixed = table.loc[table["method"] == "fixed", "test_accuracy"].max()
     for method, group in table.groupby("method", sort=False):
         logger.info(
-            "controller_study %s: worst cell %.4f, best %.4f (best fixed cell %.4f)",
-            method, group["test_accuracy"].min(), group["test_accuracy"].max(), best_fixed,
+            "controller_study %s: worst cell %.4f, best %.4f (best fixed cell %.4f; means over %d seed(s))",
+            method, group["test_accuracy"].min(), group["test_accuracy"].max(), best_fixed, group["seeds"].iloc[0],
         )
     return table, accuracy_figure(table), {
-        f"{c['method']}_lr{c['base_lr']:g}": {
-            "tags": {"study": "controller_study", "method": c["method"], "base_lr": c["base_lr"]},
-            "params": {"method": c["method"], "base_lr": c["base_lr"], "steps": c["steps"],
+        f"{c['method']}_lr{c['base_lr']:g}_seed{c['seed']}": {
+            "tags": {"study": "controller_study", "method": c["method"], "base_lr": c["base_lr"], "seed": c["seed"]},
+            "params": {"method": c["method"], "base_lr": c["base_lr"], "seed": c["seed"], "steps": c["steps"],
                        **{f"controller.{k}": v for k, v in c["training"]["controller"].items()}},
             "metrics": {
                 **{k: [{"step": c["steps"], "value": c[k]}] for k in ("test_accuracy", "test_loss", "train_loss")},
@@ -173,12 +197,14 @@ def accuracy_figure(table: pd.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, group in table.groupby("method", sort=False):
         group = group.sort_values("base_lr")
-        ax.plot(group["base_lr"], group["test_accuracy"], marker="o", label=method)
+        spread = [group["test_accuracy"] - group["test_accuracy_min"], group["test_accuracy_max"] - group["test_accuracy"]]
+        ax.errorbar(group["base_lr"], group["test_accuracy"], yerr=spread, marker="o", capsize=3, label=method)
     ax.set_xscale("log")
     ax.set_xlabel("base learning rate")
     ax.set_ylabel("test accuracy")
     steps = int(table["steps"].max()) if len(table) else 0
-    ax.set_title(f"Controller study: test accuracy after {steps} steps")
+    seeds = int(table["seeds"].max()) if len(table) else 0
+    ax.set_title(f"Controller study: test accuracy after {steps} steps\n(mean, min-max over {seeds} seed(s))")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
