@@ -6,18 +6,27 @@ Two adapters implement the loop's `Adapter` protocol:
   multiplicative rule on a per-group log-scale, a_g <- a_g - beta * cos_g per step,
   where cos_g is the normalised one-step hypergradient dL/d log lr_g.
 - `DoubleLoopController`: every `every` inner steps a small LSTM reads running-
-  normalised per-group statistics and sets lr_g = base(t) * exp(a_g) with
-  a_g = bound * tanh(o_g), and a weight-decay multiplier the same way. It is trained
-  online: the window's hypergradients are the gradient of the inner loss with respect
-  to its outputs, plus a pull toward scale 1 (Wu et al. 2018: one-step objectives
-  prefer too-small learning rates), plus a meta head that predicts the next window's
-  change in log training loss (its error is logged).
+  normalised per-group statistics and sets lr_g = base(t) * exp(a_g) (absolute mode:
+  a_g = anchor_g + bound * tanh(o_g); step mode: the window's hypergradient picks the
+  direction of a move, the LSTM its size), and a weight-decay multiplier the same
+  way. It is trained online: the window's hypergradients are the gradient of the
+  inner loss with respect to its outputs, plus a pull toward the anchor (Wu et al.
+  2018: one-step objectives prefer too-small learning rates), plus a meta head that
+  predicts the next window's change in log training loss (its error is logged).
 
-Both are frozen (scale 1) during warm-up, fall back to scale 1 for a window whose
-statistics are not finite, do their host work once per window, and keep everything
-that decides the next scales in `state_dict` (exact resume).
+Calibration (`target_update_ratio` > 0): at the first measured step, early in
+warm-up, both adapters multiply every group's scale by one factor so that the
+update/parameter ratio, projected to the schedule's peak, meets the target. AdamW's
+update size does not depend on the gradient's scale, so that ratio is proportional
+to the LR and independent of the loss: one measurement turns a base LR that is 100x
+off into the LR the target asks for, before a too-large LR has done harm. The
+calibrated scales are the anchor (scale 1 without calibration).
+
+Both make no learned decision during warm-up (calibration is a measurement, not a
+decision), fall back to scale 1 for a window whose statistics are not finite, do
+their host work once per window, and keep everything that decides the next scales
+in `state_dict` (exact resume).
 """
-
 from __future__ import annotations
 
 import logging
