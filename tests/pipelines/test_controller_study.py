@@ -132,6 +132,7 @@ def test_kedro_run_controller_study_logs_one_nested_run_per_cell(tmp_path, monke
         history = mlflow.MlflowClient().get_metric_history(
             by_name["hypergradient_lr0.001_seed0"].info.run_id, "controller/lr_scale/heads"
         )
-        assert [m.step for m in history] == [2]
+        # the shipped calibration at the first measured step, then the window end
+        assert [m.step for m in history] == [1, 2]
     finally:
         mlflow.end_run()
