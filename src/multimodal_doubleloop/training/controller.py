@@ -27,6 +27,7 @@ decision), fall back to scale 1 for a window whose statistics are not finite, do
 their host work once per window, and keep everything that decides the next scales
 in `state_dict` (exact resume).
 """
+
 from __future__ import annotations
 
 import logging
@@ -79,9 +80,10 @@ class ControllerConfig:
     # Calibration (0 = off): at the first measured step (step `measure_every`, early in
     # warm-up), multiply every group's scale by one factor so that the update/parameter
     # ratio (geometric mean over the groups), projected to the schedule's peak, is this
-    # per step; those scales become the anchor the pull acts toward. Adam's update size does not depend on the gradient's scale, so the
-    # ratio is a base-LR-free unit: a base LR 100x off is corrected in one decision,
-    # before a too-large LR has done harm or a too-small one has wasted the warm-up.
+    # per step; those scales become the anchor the pull acts toward. Adam's update size
+    # does not depend on the gradient's scale, so the ratio is a base-LR-free unit: a
+    # base LR 100x off is corrected at once, before a too-large LR has done harm or a
+    # too-small one has wasted the warm-up.
     target_update_ratio: float = 0.0
     loss_ema: float = 0.9  # per-step EMA of training loss / accuracy fed to the controller
     norm_decay: float = 0.9  # per-window decay of the running feature normalisers

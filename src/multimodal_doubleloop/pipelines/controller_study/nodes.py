@@ -102,6 +102,7 @@ def run_controller_study(
     )
     if not len(train_split) or not len(test_split):
         raise ValueError("controller_study needs 'train' and 'test' rows in samples")
+    tokenizer_sha256 = hashlib.sha256(tokenizer.encode()).hexdigest()  # once, not per run
     cells = []
     for lr, method, seed in ((lr, m, s) for lr in study.base_lrs for m in study.methods for s in study.seeds):
         cfg = TrainConfig.from_dict(
@@ -114,7 +115,7 @@ def run_controller_study(
         run_config = {
             "model": model_config,
             "training": cfg.to_dict(),
-            "data": {"tokenizer_sha256": hashlib.sha256(tokenizer.encode()).hexdigest()},
+            "data": {"tokenizer_sha256": tokenizer_sha256},
         }
         start = time.perf_counter()
         state = train(model, train_split, None, store, cfg, run_config, adapter)
