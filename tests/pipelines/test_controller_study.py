@@ -1,3 +1,4 @@
+import json
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from multimodal_doubleloop.pipelines import controller_study, training
-from multimodal_doubleloop.pipelines.controller_study.nodes import StudyConfig
+from multimodal_doubleloop.pipelines.controller_study.nodes import StudyConfig, study_verdict
 from multimodal_doubleloop.pipelines.training.nodes import plot_controller_decisions
 
 
@@ -40,6 +41,12 @@ def test_controller_study_on_memory_catalog(samples, images, tokenized, model_pa
     assert (table["test_accuracy_min"] == per_seed.min(axis=1)).all()
     assert table["test_questions"].nunique() == 1 and table["test_questions"].iloc[0] < 100
     assert isinstance(catalog.load("controller_study_plot"), plt.Figure)
+    verdict = catalog.load("controller_study_verdict")
+    fixed = table[table["method"] == "fixed"]
+    assert verdict["best_fixed"]["test_accuracy"] == pytest.approx(fixed["test_accuracy"].max())
+    for method in ("hypergradient", "double_loop"):
+        worst = table.loc[table["method"] == method, "test_accuracy"].min()
+        assert verdict["methods"][method]["gap_to_best_fixed"] == pytest.approx(worst - fixed["test_accuracy"].max())
     runs = catalog.load("controller_study_runs")
     assert set(runs) == {
         f"{m}_lr{lr:g}_seed{s}" for lr in (1e-4, 1e-2) for m in ("fixed", "hypergradient", "double_loop") for s in (0, 1)
@@ -55,6 +62,27 @@ def test_controller_study_on_memory_catalog(samples, images, tokenized, model_pa
     for seed in (0, 1):
         assert losses["fixed", seed][:2] == losses["hypergradient", seed][:2] == losses["double_loop", seed][:2]
     assert losses["fixed", 0][0] != losses["fixed", 1][0]
+
+
+def test_study_verdict_compares_worst_adaptive_cell_with_best_fixed_cell():
+    table = pd.DataFrame(
+        {
+            "method": ["fixed", "fixed", "double_loop", "double_loop", "hypergradient", "hypergradient"],
+            "base_lr": [1e-4, 1e-3, 1e-4, 1e-3, 1e-4, 1e-3],
+            "test_accuracy": [0.60, 0.73, 0.725, 0.75, 0.70, 0.74],
+            "test_accuracy_std": [0.01, 0.03, 0.04, 0.02, 0.0, 0.0],
+            "seeds": [4, 4, 4, 4, 4, 4],
+        }
+    )
+    verdict = study_verdict(table)
+    assert verdict["best_fixed"] == {"base_lr": 1e-3, "test_accuracy": 0.73, "standard_error": pytest.approx(0.015)}
+    loop, hyper = verdict["methods"]["double_loop"], verdict["methods"]["hypergradient"]
+    assert loop["worst_base_lr"] == 1e-4 and loop["gap_to_best_fixed"] == pytest.approx(-0.005)
+    assert loop["gap_standard_error"] == pytest.approx((0.02**2 + 0.015**2) ** 0.5)
+    assert loop["meets_goal"] and not hyper["meets_goal"]  # -0.5 point passes, -3 points does not
+    assert verdict["run_noise_std"] == pytest.approx(((0.01**2 + 0.03**2 + 0.04**2 + 0.02**2) / 6) ** 0.5)
+    with pytest.raises(ValueError, match="must include 'fixed'"):
+        study_verdict(table[table["method"] != "fixed"])
 
 
 def test_study_config_fails_loudly():
@@ -117,6 +145,8 @@ def test_kedro_run_controller_study_logs_one_nested_run_per_cell(tmp_path, monke
         table = pd.read_csv(tmp_path / "data/08_reporting/controller_study.csv")
         assert len(table) == 6 and {"method", "base_lr", "test_accuracy"} <= set(table.columns)
         assert (tmp_path / "data/08_reporting/controller_study.png").stat().st_size > 1000
+        verdict = json.loads((tmp_path / "data/08_reporting/controller_study_verdict.json").read_text())
+        assert set(verdict["methods"]) == {"hypergradient", "double_loop"} and verdict["run_noise_std"] is None
         mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
         runs = mlflow.search_runs(experiment_names=["multimodal_doubleloop"], output_format="list")
         parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

@@ -148,10 +148,10 @@ def run_controller_study(
     return cells
 
 
-def summarise_controller_study(cells: list[dict]) -> tuple[pd.DataFrame, plt.Figure, dict]:
+def summarise_controller_study(cells: list[dict]) -> tuple[pd.DataFrame, plt.Figure, dict, dict]:
     """The results table (one row per (method, base LR): means over the seeds, their
-    spread and each seed's accuracy), test accuracy vs base LR per method, and one
-    MLflow run per (method, base LR, seed)."""
+    spread and each seed's accuracy), test accuracy vs base LR per method, one MLflow
+    run per (method, base LR, seed), and the verdict on the goal (`study_verdict`)."""
     runs = pd.DataFrame(
         [
             {
@@ -174,11 +174,12 @@ def summarise_controller_study(cells: list[dict]) -> tuple[pd.DataFrame, plt.Fig
     table = table.join(per_seed.rename(columns=lambda s: f"test_accuracy_seed{s}"))
     table = table.reset_index()
     table[["steps", "test_questions"]] = table[["steps", "test_questions"]].astype(int)
-    best_fixed = table.loc[table["method"] == "fixed", "test_accuracy"].max()
-    for method, group in table.groupby("method", sort=False):
+    verdict = study_verdict(table)
+    for method, v in verdict["methods"].items():
         logger.info(
-            "controller_study %s: worst cell %.4f, best %.4f (best fixed cell %.4f; means over %d seed(s))",
-            method, group["test_accuracy"].min(), group["test_accuracy"].max(), best_fixed, group["seeds"].iloc[0],
+            "controller_study %s: worst cell %.4f (lr %g), %+.4f +- %.4f against the best fixed cell %.4f: %s",
+            method, v["worst_test_accuracy"], v["worst_base_lr"], v["gap_to_best_fixed"], v["gap_standard_error"],
+            verdict["best_fixed"]["test_accuracy"], "meets the goal" if v["meets_goal"] else "misses the goal",
         )
     return table, accuracy_figure(table), {
         f"{c['method']}_lr{c['base_lr']:g}_seed{c['seed']}": {
@@ -191,6 +192,46 @@ def summarise_controller_study(cells: list[dict]) -> tuple[pd.DataFrame, plt.Fig
             },
         }
         for c in cells
+    }, verdict
+
+
+GOAL_TOLERANCE = 0.01  # the goal: an adaptive method's worst cell within 1 point of the best fixed cell
+
+
+def study_verdict(table: pd.DataFrame, tolerance: float = GOAL_TOLERANCE) -> dict:
+    """Each adaptive method's worst cell against the fixed schedule's best cell, with
+    the standard error of that gap (the cells' seed means, se = std / sqrt(seeds)),
+    and the noise of one run (the within-cell std, pooled over the cells). Both cells
+    are picked by their means (a minimum and a maximum), so the gap is biased against
+    the method by about a standard error: the errors say how far to trust it."""
+
+    def cell(row: pd.Series) -> dict:
+        se = float(row["test_accuracy_std"]) / float(row["seeds"]) ** 0.5
+        return {"base_lr": float(row["base_lr"]), "test_accuracy": float(row["test_accuracy"]), "standard_error": se}
+
+    fixed = table[table["method"] == "fixed"]
+    if fixed.empty:
+        raise ValueError("controller_study.methods must include 'fixed': the verdict compares against it")
+    best = cell(fixed.loc[fixed["test_accuracy"].idxmax()])
+    multi = table[table["seeds"] > 1]
+    noise = float((multi["test_accuracy_std"] ** 2).mean() ** 0.5) if len(multi) else None  # one seed: unknown
+    methods = {}
+    for method, group in table[table["method"] != "fixed"].groupby("method", sort=False):
+        worst = cell(group.loc[group["test_accuracy"].idxmin()])
+        gap = worst["test_accuracy"] - best["test_accuracy"]
+        methods[method] = {
+            "worst_base_lr": worst["base_lr"],
+            "worst_test_accuracy": worst["test_accuracy"],
+            "gap_to_best_fixed": gap,
+            "gap_standard_error": (worst["standard_error"] ** 2 + best["standard_error"] ** 2) ** 0.5,
+            "meets_goal": bool(gap >= -tolerance),
+        }
+    return {
+        "tolerance": tolerance,
+        "seeds": int(table["seeds"].max()),
+        "run_noise_std": noise,
+        "best_fixed": best,
+        "methods": methods,
     }
 
 

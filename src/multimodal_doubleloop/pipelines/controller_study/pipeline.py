@@ -16,7 +16,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 summarise_controller_study,
                 "controller_study_cells",
-                ["controller_study_table", "controller_study_plot", "controller_study_runs"],
+                ["controller_study_table", "controller_study_plot", "controller_study_runs", "controller_study_verdict"],
                 name="summarise_controller_study",
             ),
         ]
