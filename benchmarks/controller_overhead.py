@@ -73,6 +73,18 @@ class Probe:
         self._call("observe", step, stats, optimizer)
         self.stamps.append(time.perf_counter())
 
+    def validation_images(self):
+        return self._call("validation_images", default=0)
+
+    def wants_validation(self, step):
+        return self._call("wants_validation", step, default=False)
+
+    def observe_validation(self, loss):
+        self._call("observe_validation", loss)
+
+    def stop_requested(self):
+        return self._call("stop_requested", default=False)
+
     def state_dict(self):
         return self._call("state_dict")
 

@@ -332,3 +332,115 @@ def _saved(state: dict) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
+
+
+def _meta_rows(trace: list[dict]) -> list[dict]:
+    return [r for r in trace if "meta_forecast" in r]
+
+
+def test_meta_forecast_is_scored_against_the_loss_horizon_windows_later():
+    """Each decision forecasts the change in log loss `meta_horizon` windows ahead; the
+    logged error is that forecast, as made, minus the change that followed."""
+    cfg = ControllerConfig(method="double_loop", every=2, measure_every=1, meta_lr=0.05, meta_horizon=3)
+    model = Tiny()
+    opt = _optimizer(model, lr=0.02)
+    adapter = build_adapter(cfg, ["vision", "heads"], warmup_steps=0)
+    _drive(adapter, model, opt, steps=41, lr=0.02)
+    rows = _meta_rows(adapter.trace)
+    assert len(rows) == 20  # decisions at steps 2, 4, ..., 40
+    scored = [i for i, r in enumerate(rows) if "meta_prediction_error" in r]
+    assert scored == list(range(3, 20))  # the first outcome arrives three windows on
+    for i in scored:
+        realised = rows[i]["meta_log_loss"] - rows[i - 3]["meta_log_loss"]
+        assert rows[i]["meta_prediction_error"] == pytest.approx(rows[i - 3]["meta_forecast"] - realised, abs=1e-12)
+    assert len(adapter.pending) == 3  # forecasts still awaiting their outcome
+    assert adapter.meta_updates == 17
+
+
+@pytest.mark.parametrize("min_delta, stops_at", [(0.5, 8), (-10.0, None)])
+def test_early_stop_after_patience_decisions_forecasting_a_plateau(min_delta, stops_at):
+    """At a tiny LR the loss does not move, so no forecast promises a 50% drop: with
+    patience 2 the run is told to stop at the second counted decision (step 8: the
+    meta head has learnt from two outcomes by step 6). A threshold no forecast can
+    miss (-10: the loss would have to grow e^10-fold) never stops it."""
+    cfg = ControllerConfig(
+        method="double_loop", every=2, measure_every=1, early_stop_patience=2, early_stop_min_delta=min_delta
+    )
+    model = Tiny()
+    opt = _optimizer(model, lr=1e-7)
+    adapter = build_adapter(cfg, ["vision", "heads"], warmup_steps=0)
+    _drive(adapter, model, opt, steps=21, lr=1e-7)
+    flags = {r["step"]: r["early_stop"] for r in adapter.trace}
+    first = min((s for s, f in flags.items() if f == 1.0), default=None)
+    assert first == stops_at
+    assert adapter.stop_requested() == (stops_at is not None)
+
+
+def test_controller_early_stop_ends_training_and_a_rerun_stays_stopped(
+    samples, images, tokenized, model_params, tmp_path
+):
+    """Through the real loop, with the meta head forecasting the loss of the first two
+    validation images: each held-out loss it is given is that batch's loss under the
+    weights of that moment, the run ends at the step the controller stops it, and a
+    resumed rerun trains no further."""
+    from multimodal_doubleloop.data.batching import first_images
+    from multimodal_doubleloop.training.loop import evaluate
+
+    answer_vocab, encoded = tokenized["answer_vocab"], tokenized["encoded_texts"]
+    config = resolve_model_config(model_params, 200, encoded["input_ids"].shape[1], len(answer_vocab))
+    split = encoded_split(samples, encoded, images["image_ids"], answer_vocab, "train")
+    val = encoded_split(samples, encoded, images["image_ids"], answer_vocab, "val")
+    assert len(val)
+    store = image_store(images)
+    cfg = TrainConfig(
+        epochs=5, images_per_batch=2, lr=3e-3, warmup_steps=2, max_steps=60,
+        checkpoint_dir=str(tmp_path), checkpoint_every=5, progress_bar=False,
+        controller={"method": "double_loop", "every": 2, "measure_every": 1, "meta_images": 2,
+                    "early_stop_patience": 2, "early_stop_min_delta": 10.0},
+    )
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_dict(config))
+
+    class Checked:
+        """Recomputes each held-out loss the loop hands over."""
+
+        def __init__(self, adapter):
+            self.adapter, self.seen = adapter, []
+
+        def observe_validation(self, loss):
+            expected = evaluate(model, first_images(val, 2), store, cfg)["loss"]
+            assert loss == pytest.approx(expected, rel=1e-6)
+            self.seen.append(loss)
+            self.adapter.observe_validation(loss)
+
+        def __getattr__(self, name):
+            return getattr(self.adapter, name)
+
+    adapter = build_adapter(cfg.controller, list(model.parameter_groups()), cfg.warmup_steps)
+    checked = Checked(adapter)
+    state = train(model, split, val, store, cfg, {"training": cfg.to_dict()}, checked)
+    # Decisions every 2 steps; learned from step 2 (warm-up), first outcome at step 4,
+    # counting from step 6 (two outcomes learnt), the second plateau at step 8.
+    assert state.stopped_early_at == state.step == 8
+    assert state.history[-1]["early_stop"] == 1.0
+    assert len(checked.seen) == 4  # window ends at steps 2, 4, 6, 8
+    assert [r["meta_log_loss"] for r in adapter.trace] == pytest.approx([math.log(v) for v in checked.seen])
+
+    torch.manual_seed(0)
+    again = build_model(ModelConfig.from_dict(config))
+    rerun = train(again, split, val, store, cfg, {"training": cfg.to_dict()},
+                  build_adapter(cfg.controller, list(again.parameter_groups()), cfg.warmup_steps))
+    assert rerun.step == 8 and rerun.stopped_early_at == 8 and rerun.history == state.history
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+
+
+def test_meta_images_without_a_validation_split_fails_before_training(samples, images, tokenized, model_params, tmp_path):
+    answer_vocab, encoded = tokenized["answer_vocab"], tokenized["encoded_texts"]
+    config = resolve_model_config(model_params, 200, encoded["input_ids"].shape[1], len(answer_vocab))
+    split = encoded_split(samples, encoded, images["image_ids"], answer_vocab, "train")
+    cfg = TrainConfig(max_steps=4, checkpoint_dir=str(tmp_path), progress_bar=False,
+                      controller={"method": "double_loop", "meta_images": 4})
+    model = build_model(ModelConfig.from_dict(config))
+    adapter = build_adapter(cfg.controller, list(model.parameter_groups()), cfg.warmup_steps)
+    with pytest.raises(ValueError, match="meta_images=4 needs a validation split"):
+        train(model, split, None, image_store(images), cfg, {}, adapter)

@@ -40,6 +40,18 @@ class StopAt:
         if step == self.step:
             raise Interrupt(step)
 
+    def validation_images(self) -> int:
+        return 0
+
+    def wants_validation(self, step) -> bool:
+        return False
+
+    def observe_validation(self, loss) -> None:
+        pass
+
+    def stop_requested(self) -> bool:
+        return False
+
     def state_dict(self) -> dict:
         return {}
 

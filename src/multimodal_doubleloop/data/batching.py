@@ -28,6 +28,20 @@ class EncodedSplit:
         return len(self.labels)
 
 
+def first_images(split: EncodedSplit, n: int) -> EncodedSplit:
+    """The samples of the first `n` distinct images of `split` (all when n == 0)."""
+    if n == 0:
+        return split
+    keep = torch.isin(split.image_rows, torch.unique(split.image_rows)[:n])
+    return EncodedSplit(
+        split.image_rows[keep],
+        split.input_ids[keep],
+        split.attention_mask[keep],
+        split.labels[keep],
+        {name: target[keep] for name, target in split.targets.items()},
+    )
+
+
 class ImageMajorBatches:
     """Yields lists of sample indices, `images_per_batch` unique images at a time.
 

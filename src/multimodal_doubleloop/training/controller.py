@@ -12,7 +12,10 @@ Two adapters implement the loop's `Adapter` protocol:
   way. It is trained online: the window's hypergradients are the gradient of the
   inner loss with respect to its outputs, plus a pull toward the anchor (Wu et al.
   2018: one-step objectives prefer too-small learning rates), plus a meta head that
-  predicts the next window's change in log training loss (its error is logged).
+  forecasts the change in log loss `meta_horizon` windows ahead: the loss of a fixed
+  held-out batch of validation images (`meta_images`), or the training-loss EMA. Its
+  forecast error is logged, and the forecast can stop the run on a plateau
+  (`early_stop_patience`).
 
 Calibration (`target_update_ratio` > 0): at the first measured step, early in
 warm-up, both adapters multiply every group's scale by one factor so that the
@@ -88,6 +91,19 @@ class ControllerConfig:
     loss_ema: float = 0.9  # per-step EMA of training loss / accuracy fed to the controller
     norm_decay: float = 0.9  # per-window decay of the running feature normalisers
     seed: int = 0  # controller initialisation (private generator; training RNG untouched)
+    # double_loop's meta head forecasts the change in log loss this many windows ahead.
+    meta_horizon: int = 1
+    # The loss it forecasts: 0 = the training-loss EMA (within the first epoch every
+    # batch is unseen, so that is a held-out estimate); N > 0 = the loss of the first N
+    # validation images (all their texts), scored at every window end (one forward
+    # pass on N images per `every` steps).
+    meta_images: int = 0
+    # Early stopping on a plateau (0 = off): stop after this many decisions in a row
+    # whose forecast improvement over the horizon (minus the forecast change in log
+    # loss, about a relative drop) is below `early_stop_min_delta`, counted once the
+    # meta head has learnt from as many realised forecasts.
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 0.0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -105,6 +121,10 @@ class ControllerConfig:
             "target_update_ratio": 0 <= self.target_update_ratio < 1,
             "loss_ema": 0 <= self.loss_ema < 1,
             "norm_decay": 0 <= self.norm_decay < 1,
+            "meta_horizon": self.meta_horizon >= 1,
+            "meta_images": self.meta_images >= 0,
+            "early_stop_patience": self.early_stop_patience >= 0,
+            "early_stop_min_delta": math.isfinite(self.early_stop_min_delta),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -257,6 +277,20 @@ class _ScaleAdapter:
     def scales(self) -> dict[str, float]:
         return dict(self._lr)
 
+    def validation_images(self) -> int:
+        """How many validation images the loop scores for `observe_validation` (0: none)."""
+        return 0
+
+    def wants_validation(self, step: int) -> bool:
+        return False
+
+    def observe_validation(self, loss: float) -> None:
+        """The held-out loss at the current window end, before `before_step`."""
+
+    def stop_requested(self) -> bool:
+        """Whether the outer loop asks the run to stop (read at decision steps)."""
+        return False
+
     def weight_decay_scales(self) -> dict[str, float]:
         return dict(self._wd)
 
@@ -350,7 +384,7 @@ class ControllerNet(nn.Module):
         self.n_groups = n_groups
         self.cell = nn.LSTMCell(len(FEATURES) + n_groups, hidden)
         self.act = nn.Linear(hidden, 2)  # (o_lr, o_wd) per group
-        self.meta = nn.Linear(hidden, 1)  # next window's change in log loss
+        self.meta = nn.Linear(hidden, 1)  # change in log loss `meta_horizon` windows ahead
         nn.init.zeros_(self.act.weight)  # start at scale 1
         nn.init.zeros_(self.act.bias)
 
@@ -382,18 +416,54 @@ class DoubleLoopController(_ScaleAdapter):
         self.prev: dict | None = None
         self.last_log_loss = float("nan")
         self.meta_error = self.meta_loss = float("nan")
+        # The meta head's forecasts awaiting their outcome, oldest first: the inputs of
+        # the decision that made each (recomputed when its target arrives), the log
+        # loss then, and the forecast as made.
+        self.pending: list[dict] = []
+        self.val_log_loss = float("nan")  # log held-out loss at this window end (meta_images > 0)
+        self.decisions = 0  # learned decisions so far (names each forecast's decision)
+        self.meta_updates = 0  # realised forecasts the meta head has learnt from
+        self.plateau = 0  # consecutive decisions forecasting less than early_stop_min_delta
+        self.stop = False
+
+    def validation_images(self) -> int:
+        return self.cfg.meta_images
+
+    def wants_validation(self, step: int) -> bool:
+        return self.cfg.meta_images > 0 and step > 0 and step % self.cfg.every == 0
+
+    def observe_validation(self, loss: float) -> None:
+        self.val_log_loss = math.log(loss) if loss > 0 and math.isfinite(loss) else float("nan")
+
+    def stop_requested(self) -> bool:
+        return self.stop
+
+    def _meta_log_loss(self) -> float:
+        """The log loss the meta head forecasts, at this window end."""
+        return self.val_log_loss if self.cfg.meta_images else math.log(self.window.loss)
 
     def _window_end(self, step: int, stats: dict, ok: bool) -> None:
+        forecast = float("nan")
         if ok:
-            self._decide(stats, frozen=step < self.warmup_steps)
+            forecast = self._decide(stats, frozen=step < self.warmup_steps)
         else:
             self.prev = None  # this window's scales were not the network's choice
+            self.pending.clear()  # nor are its losses outcomes to learn from
+        if self.stop:
+            logger.info(
+                "double_loop: early stop at step %d: %d decisions in a row forecast less than "
+                "%g improvement over the next %d window(s)", step, self.plateau,
+                self.cfg.early_stop_min_delta, self.cfg.meta_horizon,
+            )
         self.trace.append(
             _trace_row(
                 step, self.groups, self.a, self.b, stats, fallback=not ok,
                 meta_prediction_error=self.meta_error, meta_loss=self.meta_loss,
+                meta_forecast=forecast, meta_log_loss=self._meta_log_loss() if ok else float("nan"),
+                early_stop=float(self.stop) if self.cfg.early_stop_patience else float("nan"),
             )
         )
+        self.val_log_loss = float("nan")  # used once
 
     def _features(self, stats: dict) -> torch.Tensor:
         n = len(self.groups)
@@ -444,37 +514,71 @@ class DoubleLoopController(_ScaleAdapter):
         b = (b0 - step_wd * torch.tanh(gain[:, 1] * cos_wd)).clamp(-cfg.max_log_wd_scale, cfg.max_log_wd_scale)
         return a, b
 
-    def _decide(self, stats: dict, frozen: bool) -> None:
+    def _decide(self, stats: dict, frozen: bool) -> float:
+        """Learn from the window, then choose the next scales; returns the meta head's
+        forecast (NaN while frozen)."""
         x = self._features(stats)  # normalisers learn during warm-up too
         log_loss = math.log(self.window.loss)
+        forecast = float("nan")
         if not frozen:
-            if self.prev is not None:
-                self._meta_update(stats, target=log_loss - self.last_log_loss)
+            meta_log_loss = self._meta_log_loss()
+            self._meta_update(stats, meta_log_loss)
             with torch.no_grad():
-                out, _, hc = self.net(x, self.hc)
+                out, pred, hc = self.net(x, self.hc)
+            self.decisions += 1
             self.prev = {
                 "x": x, "h": self.hc[0], "c": self.hc[1], "a": self.a, "b": self.b,
-                "lr_cosine": stats["lr_cosine"], "wd_cosine": stats["wd_cosine"],
+                "lr_cosine": stats["lr_cosine"], "wd_cosine": stats["wd_cosine"], "decision": self.decisions,
             }
+            forecast = float(pred)
+            if math.isfinite(meta_log_loss):
+                self.pending.append({"x": x, "h": self.hc[0], "c": self.hc[1], "decision": self.decisions,
+                                     "log_loss": meta_log_loss, "forecast": forecast})
             self.hc = hc
             self.a, self.b = (v.clone() for v in self._bounded(out, self.prev))
+            self._watch_plateau(forecast)
         self.last_log_loss = log_loss
+        return forecast
 
-    def _meta_update(self, stats: dict, target: float) -> None:
+    def _watch_plateau(self, forecast: float) -> None:
+        """Early stopping: count decisions in a row whose forecast improvement is below
+        `early_stop_min_delta`, once the meta head has learnt from `patience` outcomes."""
+        patience = self.cfg.early_stop_patience
+        if not patience or self.meta_updates < patience:
+            return
+        self.plateau = self.plateau + 1 if -forecast < self.cfg.early_stop_min_delta else 0
+        self.stop = self.plateau >= patience
+
+    def _meta_update(self, stats: dict, meta_log_loss: float) -> None:
         """One Adam step on the controller: the window's hypergradients (dL/da_g,
-        normalised) flow back through the outputs that set this window's scales."""
-        out, pred, _ = self.net(self.prev["x"], (self.prev["h"], self.prev["c"]))
-        a, b = self._bounded(out, self.prev)
-        loss = (stats["lr_cosine"].clamp(-1, 1) * a).mean() + self.cfg.scale_reg * (a - self.anchor).square().mean()
-        if self.cfg.max_log_wd_scale > 0:
-            loss = loss + (stats["wd_cosine"].clamp(-1, 1) * b).mean() + self.cfg.scale_reg * b.square().mean()
-        meta = (pred - target) ** 2  # the meta head: next window's change in log loss
+        normalised) flow back through the outputs that set this window's scales, and the
+        meta head learns from the forecast made `meta_horizon` windows ago."""
+        terms = []
+        pred_prev = None
+        if self.prev is not None:
+            out, pred_prev, _ = self.net(self.prev["x"], (self.prev["h"], self.prev["c"]))
+            a, b = self._bounded(out, self.prev)
+            loss = (stats["lr_cosine"].clamp(-1, 1) * a).mean() + self.cfg.scale_reg * (a - self.anchor).square().mean()
+            if self.cfg.max_log_wd_scale > 0:
+                loss = loss + (stats["wd_cosine"].clamp(-1, 1) * b).mean() + self.cfg.scale_reg * b.square().mean()
+            terms.append(loss)
+            self.meta_loss = float(loss.detach())
+        if len(self.pending) >= self.cfg.meta_horizon and math.isfinite(meta_log_loss):
+            record = self.pending.pop(0)
+            realised = meta_log_loss - record["log_loss"]
+            if pred_prev is not None and record["decision"] == self.prev["decision"]:
+                pred = pred_prev  # horizon 1: the decision that set this window's scales
+            else:
+                pred = self.net(record["x"], (record["h"], record["c"]))[1]
+            terms.append((pred - realised) ** 2)
+            self.meta_error = record["forecast"] - realised  # the forecast as made vs what happened
+            self.meta_updates += 1
+        if not terms:
+            return
         self.opt.zero_grad(set_to_none=True)
-        (loss + meta).backward()
+        sum(terms).backward()
         nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
         self.opt.step()
-        self.meta_error = float(pred.detach()) - target
-        self.meta_loss = float(loss.detach())
 
     def state_dict(self) -> dict:
         return {
@@ -486,10 +590,16 @@ class DoubleLoopController(_ScaleAdapter):
             "norm_mean": self.norm_mean.clone(),
             "norm_sq": self.norm_sq.clone(),
             "norm_weight": self.norm_weight,
-            "prev": None if self.prev is None else {k: v.clone() for k, v in self.prev.items()},
+            "prev": None if self.prev is None else _copy(self.prev),
             "last_log_loss": self.last_log_loss,
             "meta_error": self.meta_error,
             "meta_loss": self.meta_loss,
+            "pending": [_copy(r) for r in self.pending],
+            "decisions": self.decisions,
+            "val_log_loss": self.val_log_loss,
+            "meta_updates": self.meta_updates,
+            "plateau": self.plateau,
+            "stop": self.stop,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -499,9 +609,17 @@ class DoubleLoopController(_ScaleAdapter):
         self.hc = (state["h"].clone(), state["c"].clone())
         self.norm_mean, self.norm_sq = state["norm_mean"].clone(), state["norm_sq"].clone()
         self.norm_weight = state["norm_weight"]
-        self.prev = None if state["prev"] is None else {k: v.clone() for k, v in state["prev"].items()}
+        self.prev = None if state["prev"] is None else _copy(state["prev"])
         self.last_log_loss = state["last_log_loss"]
         self.meta_error, self.meta_loss = state["meta_error"], state["meta_loss"]
+        self.pending = [_copy(r) for r in state["pending"]]
+        self.decisions = state["decisions"]
+        self.val_log_loss, self.meta_updates = state["val_log_loss"], state["meta_updates"]
+        self.plateau, self.stop = state["plateau"], state["stop"]
+
+
+def _copy(record: dict) -> dict:
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in record.items()}
 
 
 def decision_history(trace: list[dict], prefix: str = "controller/") -> dict[str, list[dict]]:

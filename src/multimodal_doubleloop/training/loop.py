@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..data.batching import BatchDataset, EncodedSplit, ImageMajorBatches, collate
+from ..data.batching import BatchDataset, EncodedSplit, ImageMajorBatches, collate, first_images
 from ..models.losses import total
 from . import distributed
 from .checkpoint import CheckpointError, load_latest, save_checkpoint
@@ -62,6 +62,17 @@ class Adapter(Protocol):
 
     def observe(self, step: int, stats: dict[str, float], optimizer) -> None: ...
 
+    # A held-out loss for the adapter: before `before_step` at the steps it asks for,
+    # the loop scores the first `validation_images()` validation images and passes
+    # their loss to `observe_validation`.
+    def validation_images(self) -> int: ...
+
+    def wants_validation(self, step: int) -> bool: ...
+
+    def observe_validation(self, loss: float) -> None: ...
+
+    def stop_requested(self) -> bool: ...  # read at decision steps: end the run before this step
+
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
@@ -77,6 +88,7 @@ class TrainState:
     epoch_seen: int = 0  # samples seen in the current epoch (kept across a resume)
     epoch_loss_sum: float = 0.0
     epoch_correct: int = 0
+    stopped_early_at: int = 0  # the step at which the adapter ended the run (0 = it did not)
     history: list[dict] = field(default_factory=list)  # one row per epoch
     step_log: list[dict] = field(default_factory=list)  # one row per log_every steps
 
@@ -349,6 +361,14 @@ def train(
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     state = TrainState()
+    meta_split = None  # the adapter's held-out batch (see Adapter.validation_images)
+    if adapter is not None and adapter.validation_images():
+        if val_split is None or not len(val_split):
+            raise ValueError(
+                f"training.controller.meta_images={adapter.validation_images()} needs a validation "
+                "split; give the data a 'val' split (ingestion.val_fraction > 0) or set meta_images: 0"
+            )
+        meta_split = first_images(val_split, adapter.validation_images())
 
     if cfg.resume:
         found = load_latest(cfg.checkpoint_dir)
@@ -398,7 +418,8 @@ def train(
     # checkpoints and epoch ends): the inner loop itself never waits for the device.
     running = _RunningStats(device)
     adapter_scales = None  # the adapter's (LR, WD) scales as broadcast at its last decision
-    while state.epoch < cfg.epochs and state.step < total_steps:
+    stop = False  # the adapter asked to end the run (early stopping)
+    while state.epoch < cfg.epochs and state.step < total_steps and not state.stopped_early_at:
         sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
         epoch_start, seen_now = time.perf_counter(), 0
         micro = 0
@@ -431,6 +452,9 @@ def train(
             finite = torch.isfinite(loss_value) & torch.isfinite(grad_norm)
             scales, wd_scales = {}, {}
             if adapter is not None:
+                if meta_split is not None and adapter.wants_validation(state.step):
+                    held_out = images if val_images is None else val_images
+                    adapter.observe_validation(evaluate(model, meta_split, held_out, cfg, head, tasks)["loss"])
                 adapter.before_step(state.step, optimizer)
                 if adapter_scales is None or adapter.decides_at(state.step):  # at its decision steps only
                     names = sorted({g["name"] for g in optimizer.param_groups})
@@ -438,7 +462,13 @@ def train(
                         distributed.broadcast_scales(s, names, device)
                         for s in (adapter.scales(), adapter.weight_decay_scales())
                     )
+                    flag = {"stop": float(adapter.stop_requested())}
+                    stop = distributed.broadcast_scales(flag, ["stop"], device)["stop"] > 0
                 scales, wd_scales = adapter_scales
+                if stop:  # this batch's gradient was the window's last measurement; no update
+                    state.stopped_early_at = state.step
+                    optimizer.zero_grad(set_to_none=True)
+                    break
             base_lr = set_learning_rates(optimizer, cfg, state.step, total_steps, scales, wd_scales)
             _optimizer_step(optimizer, scaler, finite)  # a non-finite step is skipped on the device
             running.step_done(finite, state.step)
@@ -481,12 +511,15 @@ def train(
         if val_split is not None and len(val_split) and ctx.is_main:
             val = evaluate(model, val_split, images if val_images is None else val_images, cfg, head, tasks)
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+        if stop:
+            row["early_stop"] = 1.0
+            logger.info("The controller stopped the run at step %d of %d", state.step, total_steps)
         partial = state.batch_in_epoch < len(sampler)  # stopped by max_steps inside the epoch
         state.history.append({**row, "partial": 1.0} if partial else row)
         logger.info("epoch %d%s: %s", state.epoch, " (partial)" if partial else "", {k: round(v, 4) for k, v in row.items()})
-        if partial:  # a rerun with a larger max_steps continues this epoch where it stopped
-            if cfg.checkpoint_every and state.step % cfg.checkpoint_every:
-                checkpoint()
+        if partial or stop:  # a rerun with a larger max_steps continues this epoch where it stopped
+            if cfg.checkpoint_every and (stop or state.step % cfg.checkpoint_every):
+                checkpoint()  # after an early stop (with its history row) a rerun resumes into the end
             break
         state.epoch += 1
         state.batch_in_epoch = state.epoch_seen = state.epoch_correct = 0

@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-from ...data.batching import EncodedSplit, encoded_split  # noqa: E402
+from ...data.batching import encoded_split, first_images  # noqa: E402
 from ...data.images import image_store  # noqa: E402
 from ...models import ModelConfig, build_model  # noqa: E402
 from ...models.strict import build  # noqa: E402
@@ -65,16 +65,6 @@ class StudyConfig:
     @classmethod
     def from_dict(cls, params: dict) -> StudyConfig:
         return build(cls, params, "controller_study")
-
-
-def first_images(split: EncodedSplit, n: int) -> EncodedSplit:
-    """The questions of the first `n` distinct images of `split` (all when n == 0)."""
-    if n == 0:
-        return split
-    keep = torch.isin(split.image_rows, torch.unique(split.image_rows)[:n])
-    return EncodedSplit(
-        split.image_rows[keep], split.input_ids[keep], split.attention_mask[keep], split.labels[keep]
-    )
 
 
 def run_controller_study(
