@@ -11,7 +11,10 @@ fixed (no adapter), hypergradient, double_loop. Two figures per method:
   interleaved rounds (fixed, hypergradient, double_loop, fixed, ...) so load drift
   hits all alike; noisy at the 1% level on a busy machine.
 
-    .venv/bin/python benchmarks/controller_overhead.py [--steps 24] [--rounds 3] [--every 16] [--measure-every 4] [--threads 2]
+    .venv/bin/python benchmarks/controller_overhead.py [--steps 65] [--rounds 3] [--every 16] [--measure-every 4] [--threads 2] [--meta-images 0]
+
+`--meta-images N` gives the double loop's meta head a held-out batch of N images,
+scored by the loop at every window end; that forward pass counts as controller time.
 
 Figures are logged to stderr; the last line of stdout is one JSON object whose
 `overhead_fraction` is the larger direct fraction of the two methods (goal <= 0.02).
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 import yaml
 
-from multimodal_doubleloop.data.batching import EncodedSplit
+from multimodal_doubleloop.data.batching import EncodedSplit, first_images
 from multimodal_doubleloop.data.images import InMemoryImages
 from multimodal_doubleloop.models import ModelConfig, build_model
 from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
@@ -51,6 +54,7 @@ class Probe:
 
     def __init__(self, adapter):
         self.adapter, self.seconds, self.stamps = adapter, 0.0, []
+        self.held_out_start = None  # the loop scores the held-out batch between these two calls
 
     def _call(self, name, *args, default=None):
         if self.adapter is None:
@@ -62,6 +66,9 @@ class Probe:
 
     def before_step(self, step, optimizer):
         self._call("before_step", step, optimizer)
+
+    def decides_at(self, step):
+        return self._call("decides_at", step, default=False)
 
     def scales(self):
         return self._call("scales", default={})
@@ -77,9 +84,13 @@ class Probe:
         return self._call("validation_images", default=0)
 
     def wants_validation(self, step):
-        return self._call("wants_validation", step, default=False)
+        wanted = self._call("wants_validation", step, default=False)
+        if wanted:
+            self.held_out_start = time.perf_counter()
+        return wanted
 
     def observe_validation(self, loss):
+        self.seconds += time.perf_counter() - self.held_out_start
         self._call("observe_validation", loss)
 
     def stop_requested(self):
@@ -117,27 +128,40 @@ def run(method: str, args, split, images, model_config: dict) -> tuple[float, fl
             log_every=1,
             checkpoint_dir=tmp,
             device="cpu",
-            controller=ControllerConfig(method=method, every=args.every, measure_every=args.measure_every),
+            controller=ControllerConfig(
+                method=method,
+                every=args.every,
+                measure_every=args.measure_every,
+                meta_images=args.meta_images if method == "double_loop" else 0,
+            ),
         )
         torch.manual_seed(0)
         model = build_model(ModelConfig.from_dict(model_config))
         probe = Probe(
             build_adapter(cfg.controller, list(model.parameter_groups()), cfg.warmup_steps)
         )
-        train(model, split, None, images, cfg, {}, probe)
+        held_out = first_images(split, args.meta_images) if cfg.controller.meta_images else None
+        train(model, split, held_out, images, cfg, {}, probe)
     steps = np.diff(probe.stamps)[1:]  # the first step pays for allocations
     return float(np.median(steps)), probe.seconds / len(probe.stamps)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=24, help="optimiser steps per run")
+    parser.add_argument(
+        "--steps", type=int, default=0,
+        help="optimiser steps per run (default 4 * every + 1: four window ends, so per-window work is amortised as in training)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of all methods")
     parser.add_argument("--every", type=int, default=16, help="training.controller.every")
     parser.add_argument("--measure-every", type=int, default=4, help="training.controller.measure_every")
     parser.add_argument("--images-per-batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--meta-images", type=int, default=0, help="double_loop's held-out batch (training.controller.meta_images)"
+    )
     args = parser.parse_args(argv)
+    args.steps = args.steps or 4 * args.every + 1
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
 
@@ -165,8 +189,10 @@ def main(argv: list[str] | None = None) -> dict:
         "preset": "cpu",
         "images_per_batch": args.images_per_batch,
         "every": args.every,
+        "steps": args.steps,
         "measure_every": args.measure_every,
         "threads": args.threads,
+        "meta_images": args.meta_images,
         "step_seconds_fixed": base,
     }
     for method in METHODS[1:]:

@@ -34,3 +34,16 @@ def test_train_throughput_reports_both_batchings():
     assert figures["image_major_qps"] > 0 and figures["per_question_qps"] > 0
     assert figures["speedup"] == pytest.approx(figures["image_major_qps"] / figures["per_question_qps"], rel=0.01)
     assert 0 < figures["mfu"] < 1
+
+
+@pytest.mark.slow
+def test_controller_overhead_counts_the_held_out_batch():
+    """With a held-out batch the double loop's direct time includes its forward pass,
+    so it exceeds hypergradient descent's (same statistics, no meta head)."""
+    figures = run_benchmark(
+        "controller_overhead.py", "--steps", "8", "--rounds", "1", "--every", "4", "--measure-every", "2",
+        "--images-per-batch", "4", "--meta-images", "4",
+    )
+    assert figures["meta_images"] == 4 and figures["step_seconds_fixed"] > 0
+    assert figures["double_loop_direct_fraction"] > figures["hypergradient_direct_fraction"] > 0
+    assert figures["overhead_fraction"] == figures["double_loop_direct_fraction"]
