@@ -47,3 +47,18 @@ def test_controller_overhead_counts_the_held_out_batch():
     assert figures["meta_images"] == 4 and figures["step_seconds_fixed"] > 0
     assert figures["double_loop_direct_fraction"] > figures["hypergradient_direct_fraction"] > 0
     assert figures["overhead_fraction"] == figures["double_loop_direct_fraction"]
+
+
+def test_ingest_scale_runs_small():
+    figures = run_benchmark("ingest_scale.py", "--images", "200", "--per-image", "5")
+    assert figures["captions"] == 1000 and figures["images"] == 200
+    assert sum(figures["splits"].values()) == 1000 and figures["peak_mb"] > 0
+
+
+def test_peer_towers_runs_one_pair_per_tower():
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    figures = run_benchmark("peer_towers.py", "--sizes", "cpu", "--min-iters", "1", "--max-iters", "1", "--budget", "0")
+    assert [r["size"] for r in figures["vision"]] == ["cpu"] == [r["size"] for r in figures["text"]]
+    assert figures["vision_vs_timm"] == figures["vision"][0]["ratio"] > 0
+    assert figures["text_vs_hf"] == figures["text"][0]["ratio"] > 0
