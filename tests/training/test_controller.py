@@ -364,7 +364,8 @@ def test_early_stop_after_patience_decisions_forecasting_a_plateau(min_delta, st
     meta head has learnt from two outcomes by step 6). A threshold no forecast can
     miss (-10: the loss would have to grow e^10-fold) never stops it."""
     cfg = ControllerConfig(
-        method="double_loop", every=2, measure_every=1, early_stop_patience=2, early_stop_min_delta=min_delta
+        method="double_loop", every=2, measure_every=1, meta_horizon=1,
+        early_stop_patience=2, early_stop_min_delta=min_delta,
     )
     model = Tiny()
     opt = _optimizer(model, lr=1e-7)
@@ -395,7 +396,7 @@ def test_controller_early_stop_ends_training_and_a_rerun_stays_stopped(
     cfg = TrainConfig(
         epochs=5, images_per_batch=2, lr=3e-3, warmup_steps=2, max_steps=60,
         checkpoint_dir=str(tmp_path), checkpoint_every=5, progress_bar=False,
-        controller={"method": "double_loop", "every": 2, "measure_every": 1, "meta_images": 2,
+        controller={"method": "double_loop", "every": 2, "measure_every": 1, "meta_images": 2, "meta_horizon": 1,
                     "early_stop_patience": 2, "early_stop_min_delta": 10.0},
     )
     torch.manual_seed(0)
@@ -444,3 +445,20 @@ def test_meta_images_without_a_validation_split_fails_before_training(samples, i
     adapter = build_adapter(cfg.controller, list(model.parameter_groups()), cfg.warmup_steps)
     with pytest.raises(ValueError, match="meta_images=4 needs a validation split"):
         train(model, split, None, image_store(images), cfg, {}, adapter)
+
+
+def test_meta_head_closes_meta_step_of_its_error_per_outcome():
+    """Normalised LMS: for one LSTM state, each outcome moves the forecast `meta_step`
+    of the way to it, so after n outcomes it has closed 1 - (1 - step)^n; Adam, which
+    trains the LSTM and the scale outputs, never touches the meta head."""
+    cfg = ControllerConfig(method="double_loop", meta_step=0.3)
+    adapter = DoubleLoopController(cfg, ["vision", "heads"], 0)
+    head = adapter.net.meta
+    feature = torch.linspace(-0.5, 0.8, cfg.hidden, dtype=torch.float64)
+    assert float(head(feature).detach()) == 0.0  # forecasts no change before any outcome
+    for n in range(1, 6):
+        adapter._learn_forecast(feature, -0.2)
+        assert float(head(feature).detach()) == pytest.approx(-0.2 * (1 - 0.7**n), abs=1e-12)
+    adam = {id(p) for group in adapter.opt.param_groups for p in group["params"]}
+    assert not adam & {id(p) for p in head.parameters()}
+    assert len(adam) == sum(1 for _ in adapter.net.parameters()) - 2

@@ -78,7 +78,12 @@ class ControllerConfig:
     max_log_step: float = 0.0
     hypergradient_lr: float = 0.03  # beta of plain hypergradient descent, per step on log lr
     hidden: int = 32  # LSTM width
-    meta_lr: float = 0.02  # Adam LR of the controller's own parameters
+    meta_lr: float = 0.02  # Adam LR of the controller's LSTM and scale outputs
+    # Step of the meta head's normalised least-mean-squares update (0 < step < 2): each
+    # outcome moves the forecast for that decision's features this fraction of the way
+    # to what happened (Adam's fixed-size steps made it jitter by more than the changes
+    # it forecasts).
+    meta_step: float = 0.1
     scale_reg: float = 0.1  # weight of (a_g - anchor_g)^2 (pull toward the anchor: scale 1 uncalibrated)
     # Calibration (0 = off): at the first measured step (step `measure_every`, early in
     # warm-up), multiply every group's scale by one factor so that the update/parameter
@@ -92,7 +97,7 @@ class ControllerConfig:
     norm_decay: float = 0.9  # per-window decay of the running feature normalisers
     seed: int = 0  # controller initialisation (private generator; training RNG untouched)
     # double_loop's meta head forecasts the change in log loss this many windows ahead.
-    meta_horizon: int = 1
+    meta_horizon: int = 3
     # The loss it forecasts: 0 = the training-loss EMA (within the first epoch every
     # batch is unseen, so that is a held-out estimate); N > 0 = the loss of the first N
     # validation images (all their texts), scored at every window end (one forward
@@ -117,6 +122,7 @@ class ControllerConfig:
             "hypergradient_lr": self.hypergradient_lr > 0,
             "hidden": self.hidden >= 1,
             "meta_lr": self.meta_lr > 0,
+            "meta_step": 0 < self.meta_step < 2,
             "scale_reg": self.scale_reg >= 0,
             "target_update_ratio": 0 <= self.target_update_ratio < 1,
             "loss_ema": 0 <= self.loss_ema < 1,
@@ -385,8 +391,9 @@ class ControllerNet(nn.Module):
         self.cell = nn.LSTMCell(len(FEATURES) + n_groups, hidden)
         self.act = nn.Linear(hidden, 2)  # (o_lr, o_wd) per group
         self.meta = nn.Linear(hidden, 1)  # change in log loss `meta_horizon` windows ahead
-        nn.init.zeros_(self.act.weight)  # start at scale 1
-        nn.init.zeros_(self.act.bias)
+        for layer in (self.act, self.meta):  # start at scale 1, forecasting no change
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, hc: tuple[torch.Tensor, torch.Tensor]):
         onehot = torch.eye(self.n_groups, dtype=x.dtype)
@@ -405,7 +412,9 @@ class DoubleLoopController(_ScaleAdapter):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.net = ControllerNet(n, cfg.hidden).double()
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.meta_lr)
+        # The meta head learns by its own rule (`_learn_forecast`), not by Adam.
+        policy = [p for name, p in self.net.named_parameters() if not name.startswith("meta.")]
+        self.opt = torch.optim.Adam(policy, lr=cfg.meta_lr)
         zeros = torch.zeros(n, cfg.hidden, dtype=torch.float64)
         self.hc = (zeros.clone(), zeros.clone())
         self.norm_mean = torch.zeros(n, NORMALISED, dtype=torch.float64)
@@ -416,12 +425,10 @@ class DoubleLoopController(_ScaleAdapter):
         self.prev: dict | None = None
         self.last_log_loss = float("nan")
         self.meta_error = self.meta_loss = float("nan")
-        # The meta head's forecasts awaiting their outcome, oldest first: the inputs of
-        # the decision that made each (recomputed when its target arrives), the log
-        # loss then, and the forecast as made.
+        # The meta head's forecasts awaiting their outcome, oldest first: the LSTM state
+        # it was made from (mean over groups), the log loss then, and the forecast.
         self.pending: list[dict] = []
         self.val_log_loss = float("nan")  # log held-out loss at this window end (meta_images > 0)
-        self.decisions = 0  # learned decisions so far (names each forecast's decision)
         self.meta_updates = 0  # realised forecasts the meta head has learnt from
         self.plateau = 0  # consecutive decisions forecasting less than early_stop_min_delta
         self.stop = False
@@ -525,15 +532,13 @@ class DoubleLoopController(_ScaleAdapter):
             self._meta_update(stats, meta_log_loss)
             with torch.no_grad():
                 out, pred, hc = self.net(x, self.hc)
-            self.decisions += 1
             self.prev = {
                 "x": x, "h": self.hc[0], "c": self.hc[1], "a": self.a, "b": self.b,
-                "lr_cosine": stats["lr_cosine"], "wd_cosine": stats["wd_cosine"], "decision": self.decisions,
+                "lr_cosine": stats["lr_cosine"], "wd_cosine": stats["wd_cosine"],
             }
             forecast = float(pred)
             if math.isfinite(meta_log_loss):
-                self.pending.append({"x": x, "h": self.hc[0], "c": self.hc[1], "decision": self.decisions,
-                                     "log_loss": meta_log_loss, "forecast": forecast})
+                self.pending.append({"feature": hc[0].mean(0), "log_loss": meta_log_loss, "forecast": forecast})
             self.hc = hc
             self.a, self.b = (v.clone() for v in self._bounded(out, self.prev))
             self._watch_plateau(forecast)
@@ -551,34 +556,37 @@ class DoubleLoopController(_ScaleAdapter):
 
     def _meta_update(self, stats: dict, meta_log_loss: float) -> None:
         """One Adam step on the controller: the window's hypergradients (dL/da_g,
-        normalised) flow back through the outputs that set this window's scales, and the
+        normalised) flow back through the outputs that set this window's scales; and the
         meta head learns from the forecast made `meta_horizon` windows ago."""
-        terms = []
-        pred_prev = None
         if self.prev is not None:
-            out, pred_prev, _ = self.net(self.prev["x"], (self.prev["h"], self.prev["c"]))
+            out, _, _ = self.net(self.prev["x"], (self.prev["h"], self.prev["c"]))
             a, b = self._bounded(out, self.prev)
             loss = (stats["lr_cosine"].clamp(-1, 1) * a).mean() + self.cfg.scale_reg * (a - self.anchor).square().mean()
             if self.cfg.max_log_wd_scale > 0:
                 loss = loss + (stats["wd_cosine"].clamp(-1, 1) * b).mean() + self.cfg.scale_reg * b.square().mean()
-            terms.append(loss)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], 1.0)
+            self.opt.step()
             self.meta_loss = float(loss.detach())
         if len(self.pending) >= self.cfg.meta_horizon and math.isfinite(meta_log_loss):
             record = self.pending.pop(0)
             realised = meta_log_loss - record["log_loss"]
-            if pred_prev is not None and record["decision"] == self.prev["decision"]:
-                pred = pred_prev  # horizon 1: the decision that set this window's scales
-            else:
-                pred = self.net(record["x"], (record["h"], record["c"]))[1]
-            terms.append((pred - realised) ** 2)
+            self._learn_forecast(record["feature"], realised)
             self.meta_error = record["forecast"] - realised  # the forecast as made vs what happened
             self.meta_updates += 1
-        if not terms:
-            return
-        self.opt.zero_grad(set_to_none=True)
-        sum(terms).backward()
-        nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
-        self.opt.step()
+
+    @torch.no_grad()
+    def _learn_forecast(self, feature: torch.Tensor, realised: float) -> None:
+        """Normalised least mean squares on the meta head (Widrow-Hoff): move its
+        weights along the decision's LSTM state (mean over groups) and a constant, so
+        that its forecast for that state closes `meta_step` of its error. The step is
+        proportional to the error: no jitter once the forecasts are right."""
+        head = self.net.meta
+        error = realised - float(head(feature).squeeze())
+        gain = self.cfg.meta_step * error / (float(feature.square().sum()) + 1.0)
+        head.weight.add_(gain * feature.unsqueeze(0))
+        head.bias.add_(gain)
 
     def state_dict(self) -> dict:
         return {
@@ -595,7 +603,6 @@ class DoubleLoopController(_ScaleAdapter):
             "meta_error": self.meta_error,
             "meta_loss": self.meta_loss,
             "pending": [_copy(r) for r in self.pending],
-            "decisions": self.decisions,
             "val_log_loss": self.val_log_loss,
             "meta_updates": self.meta_updates,
             "plateau": self.plateau,
@@ -613,7 +620,6 @@ class DoubleLoopController(_ScaleAdapter):
         self.last_log_loss = state["last_log_loss"]
         self.meta_error, self.meta_loss = state["meta_error"], state["meta_loss"]
         self.pending = [_copy(r) for r in state["pending"]]
-        self.decisions = state["decisions"]
         self.val_log_loss, self.meta_updates = state["val_log_loss"], state["meta_updates"]
         self.plateau, self.stop = state["plateau"], state["stop"]
 
