@@ -431,7 +431,6 @@ class DoubleLoopController(_ScaleAdapter):
         self.val_log_loss = float("nan")  # log held-out loss at this window end (meta_images > 0)
         self.meta_updates = 0  # realised forecasts the meta head has learnt from
         self.plateau = 0  # consecutive decisions forecasting less than early_stop_min_delta
-        self.stop = False
 
     def validation_images(self) -> int:
         return self.cfg.meta_images
@@ -443,7 +442,8 @@ class DoubleLoopController(_ScaleAdapter):
         self.val_log_loss = math.log(loss) if loss > 0 and math.isfinite(loss) else float("nan")
 
     def stop_requested(self) -> bool:
-        return self.stop
+        patience = self.cfg.early_stop_patience
+        return bool(patience) and self.plateau >= patience
 
     def _meta_log_loss(self) -> float:
         """The log loss the meta head forecasts, at this window end."""
@@ -456,7 +456,8 @@ class DoubleLoopController(_ScaleAdapter):
         else:
             self.prev = None  # this window's scales were not the network's choice
             self.pending.clear()  # nor are its losses outcomes to learn from
-        if self.stop:
+        stop = self.stop_requested()
+        if stop:
             logger.info(
                 "double_loop: early stop at step %d: %d decisions in a row forecast less than "
                 "%g improvement over the next %d window(s)", step, self.plateau,
@@ -467,7 +468,7 @@ class DoubleLoopController(_ScaleAdapter):
                 step, self.groups, self.a, self.b, stats, fallback=not ok,
                 meta_prediction_error=self.meta_error, meta_loss=self.meta_loss,
                 meta_forecast=forecast, meta_log_loss=self._meta_log_loss() if ok else float("nan"),
-                early_stop=float(self.stop) if self.cfg.early_stop_patience else float("nan"),
+                early_stop=float(stop) if self.cfg.early_stop_patience else float("nan"),
             )
         )
         self.val_log_loss = float("nan")  # used once
@@ -552,7 +553,6 @@ class DoubleLoopController(_ScaleAdapter):
         if not patience or self.meta_updates < patience:
             return
         self.plateau = self.plateau + 1 if -forecast < self.cfg.early_stop_min_delta else 0
-        self.stop = self.plateau >= patience
 
     def _meta_update(self, stats: dict, meta_log_loss: float) -> None:
         """One Adam step on the controller: the window's hypergradients (dL/da_g,
@@ -606,7 +606,6 @@ class DoubleLoopController(_ScaleAdapter):
             "val_log_loss": self.val_log_loss,
             "meta_updates": self.meta_updates,
             "plateau": self.plateau,
-            "stop": self.stop,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -621,7 +620,7 @@ class DoubleLoopController(_ScaleAdapter):
         self.meta_error, self.meta_loss = state["meta_error"], state["meta_loss"]
         self.pending = [_copy(r) for r in state["pending"]]
         self.val_log_loss, self.meta_updates = state["val_log_loss"], state["meta_updates"]
-        self.plateau, self.stop = state["plateau"], state["stop"]
+        self.plateau = state["plateau"]
 
 
 def _copy(record: dict) -> dict:

@@ -361,6 +361,7 @@ def train(
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     state = TrainState()
+    val_store = images if val_images is None else val_images  # validation's images (no augmentation)
     meta_split = None  # the adapter's held-out batch (see Adapter.validation_images)
     if adapter is not None and adapter.validation_images():
         if val_split is None or not len(val_split):
@@ -453,8 +454,7 @@ def train(
             scales, wd_scales = {}, {}
             if adapter is not None:
                 if meta_split is not None and adapter.wants_validation(state.step):
-                    held_out = images if val_images is None else val_images
-                    adapter.observe_validation(evaluate(model, meta_split, held_out, cfg, head, tasks)["loss"])
+                    adapter.observe_validation(evaluate(model, meta_split, val_store, cfg, head, tasks)["loss"])
                 adapter.before_step(state.step, optimizer)
                 if adapter_scales is None or adapter.decides_at(state.step):  # at its decision steps only
                     names = sorted({g["name"] for g in optimizer.param_groups})
@@ -509,7 +509,7 @@ def train(
             "questions_per_s": seen_now / max(time.perf_counter() - epoch_start, 1e-9),
         }
         if val_split is not None and len(val_split) and ctx.is_main:
-            val = evaluate(model, val_split, images if val_images is None else val_images, cfg, head, tasks)
+            val = evaluate(model, val_split, val_store, cfg, head, tasks)
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         if stop:
             row["early_stop"] = 1.0
