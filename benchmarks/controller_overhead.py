@@ -37,8 +37,8 @@ import yaml
 
 from multimodal_doubleloop.data.batching import EncodedSplit, first_images
 from multimodal_doubleloop.data.images import InMemoryImages
-from multimodal_doubleloop.models import ModelConfig, build_model
-from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
+from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
+from multimodal_doubleloop.tasks import TaskSet
 from multimodal_doubleloop.training.config import TrainConfig
 from multimodal_doubleloop.training.controller import ControllerConfig, build_adapter
 from multimodal_doubleloop.training.loop import train
@@ -141,7 +141,7 @@ def run(method: str, args, split, images, model_config: dict) -> tuple[float, fl
             build_adapter(cfg.controller, list(model.parameter_groups()), cfg.warmup_steps)
         )
         held_out = first_images(split, args.meta_images) if cfg.controller.meta_images else None
-        train(model, split, held_out, images, cfg, {}, probe)
+        train(model, split, held_out, images, cfg, {}, TaskSet.answer_only(), probe)
     steps = np.diff(probe.stamps)[1:]  # the first step pays for allocations
     return float(np.median(steps)), probe.seconds / len(probe.stamps)
 

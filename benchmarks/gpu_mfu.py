@@ -23,8 +23,7 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from multimodal_doubleloop.models import ModelConfig, build_model
-from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
+from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
 from multimodal_doubleloop.training.precision import resolve_precision
 
 logger = logging.getLogger("gpu_mfu")

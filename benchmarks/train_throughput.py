@@ -25,8 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from multimodal_doubleloop.data.batching import EncodedSplit, ImageMajorBatches, collate
 from multimodal_doubleloop.data.images import InMemoryImages
-from multimodal_doubleloop.models import ModelConfig, build_model
-from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
+from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
 
 logger = logging.getLogger("train_throughput")
 ROOT = Path(__file__).resolve().parents[1]

@@ -73,7 +73,7 @@ def test_torchrun_entry_point_trains_from_the_catalog(project):
         run_kedro(project, name)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "multimodal_doubleloop.train", "--env", "test", "--project", str(project)],
+         "-m", "multimodal_doubleloop.cli.torchrun", "--env", "test", "--project", str(project)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -21,9 +21,9 @@ import pytest
 import requests
 from PIL import Image
 
+from multimodal_doubleloop.cli.predict import run_inference
 from multimodal_doubleloop.data.requests import encode_image
-from multimodal_doubleloop.datasets import TorchModelDataset
-from multimodal_doubleloop.predict import run_inference
+from multimodal_doubleloop.io import TorchModelDataset
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent  # the venv's bin: mlflow, and uvicorn which it execs

@@ -1,6 +1,6 @@
 """Project settings."""
 
-from multimodal_doubleloop.hooks import MlflowVersionedArtifactHooks
+from multimodal_doubleloop.io.hooks import MlflowVersionedArtifactHooks
 
 HOOKS = (MlflowVersionedArtifactHooks(),)
 

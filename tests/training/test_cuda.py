@@ -11,11 +11,11 @@ import torch
 
 from multimodal_doubleloop.data.batching import encoded_split
 from multimodal_doubleloop.data.images import image_store
-from multimodal_doubleloop.models import ModelConfig, build_model
-from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
-from multimodal_doubleloop.training import hypergradient, loop
+from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
+from multimodal_doubleloop.tasks import TaskSet
+from multimodal_doubleloop.training import loop
 from multimodal_doubleloop.training.config import TrainConfig
-from multimodal_doubleloop.training.controller import ControllerConfig, build_adapter
+from multimodal_doubleloop.training.controller import ControllerConfig, build_adapter, hypergradient
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -41,7 +41,7 @@ def test_mixed_precision_training_on_cuda(setup, training_params, precision, com
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_dict(config))
     cfg = _cfg(training_params, precision=precision, compile=compile_step)
-    state = loop.train(model, split, None, store, cfg, {})
+    state = loop.train(model, split, None, store, cfg, {}, TaskSet.answer_only())
     assert next(model.parameters()).device.type == "cuda"
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert state.history[-1]["train_loss"] < state.history[0]["train_loss"]
@@ -58,7 +58,7 @@ def test_double_loop_on_cuda_keeps_scales_in_bounds(setup, training_params, monk
     cfg = _cfg(training_params, epochs=6)
     cfg.controller = ControllerConfig(method="double_loop", every=4, measure_every=1)
     adapter = build_adapter(cfg.controller, list(model.parameter_groups()), warmup_steps=2)
-    state = loop.train(model, split, None, store, cfg, {}, adapter=adapter)
+    state = loop.train(model, split, None, store, cfg, {}, TaskSet.answer_only(), adapter)
     assert len(adapter.trace) >= 3, "too few controller decisions"
     bound = math.exp(cfg.controller.max_log_scale) * (1 + 1e-9)
     scales = [v for row in adapter.trace for k, v in row.items() if k.startswith("lr_scale/")]

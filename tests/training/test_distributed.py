@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from multimodal_doubleloop.data.batching import encoded_split
-from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
+from multimodal_doubleloop.models import resolve_model_config
+from multimodal_doubleloop.tasks import TaskSet
 from multimodal_doubleloop.training.config import TrainConfig
 from multimodal_doubleloop.training.fit import fit_any
-from multimodal_doubleloop.training.tasks import TaskSet
 
 
 @pytest.mark.slow

@@ -16,11 +16,12 @@ import torch
 
 from multimodal_doubleloop.data.batching import encoded_split
 from multimodal_doubleloop.data.images import image_store
-from multimodal_doubleloop.models import ModelConfig, build_model
-from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
-from multimodal_doubleloop.training import hypergradient, loop
+from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
+from multimodal_doubleloop.tasks import TaskSet
+from multimodal_doubleloop.training import loop
 from multimodal_doubleloop.training.config import TrainConfig
-from multimodal_doubleloop.training.controller import ControllerConfig, build_adapter
+from multimodal_doubleloop.training.controller import ControllerConfig, build_adapter, hypergradient
+from multimodal_doubleloop.training.state import RunningStats
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
 HOST_DATA = str(Path(loop.__file__).parents[1] / "data")
@@ -65,15 +66,15 @@ def test_training_steps_do_not_read_the_device(
     cfg.controller = ControllerConfig(method=method, every=1000, measure_every=1)
     adapter = build_adapter(cfg.controller, list(model.parameter_groups()), warmup_steps=0)
     between_syncs: list[list[str]] = []
-    real_sync = loop._RunningStats.sync
+    real_sync = RunningStats.sync
 
     def sync(self, state, cfg, loss):
         between_syncs.append(list(counted_reads))
         real_sync(self, state, cfg, loss)
 
-    monkeypatch.setattr(loop._RunningStats, "sync", sync)
+    monkeypatch.setattr(RunningStats, "sync", sync)
     counted_reads.clear()  # model construction is not the loop
-    state = loop.train(model, split, None, image_store(images), cfg, {}, adapter=adapter)
+    state = loop.train(model, split, None, image_store(images), cfg, {}, TaskSet.answer_only(), adapter)
     assert state.step >= 3  # several steps ran before the first sync point
     if adapter is not None:
         assert float(adapter.window.meter.sums[:, -1].sum()) > 0  # it did measure
@@ -87,5 +88,5 @@ def test_a_read_in_the_step_is_caught(samples, images, tokenized, model_params, 
     monkeypatch.setattr(loop, "total", lambda terms: real_total(terms) * float(real_total(terms).detach() > -1))
     model, split, cfg = _setup(samples, tokenized, images, model_params, training_params)
     counted_reads.clear()
-    loop.train(model, split, None, image_store(images), cfg, {})
+    loop.train(model, split, None, image_store(images), cfg, {}, TaskSet.answer_only())
     assert any(r.startswith("__float__") or r.startswith("__bool__") for r in counted_reads)

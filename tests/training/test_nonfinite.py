@@ -8,11 +8,10 @@ import torch
 
 from multimodal_doubleloop.data.batching import encoded_split
 from multimodal_doubleloop.data.images import image_store
-from multimodal_doubleloop.models import ModelConfig, build_model
-from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
+from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
+from multimodal_doubleloop.tasks import TaskSet
 from multimodal_doubleloop.training.config import TrainConfig
 from multimodal_doubleloop.training.loop import NonFiniteLossError, train
-from multimodal_doubleloop.training.tasks import TaskSet
 
 
 def poisoned_tasks(bad_calls: set[int]) -> TaskSet:
@@ -42,7 +41,7 @@ def test_isolated_nan_steps_are_skipped_and_counted(setup, training_params):
     model = build_model(ModelConfig.from_dict(config))
     cfg = TrainConfig.from_dict({**training_params, "epochs": 1, "checkpoint_every": 0, "resume": False})
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    state = train(model, split, None, store, cfg, {}, tasks=poisoned_tasks({2, 4}))
+    state = train(model, split, None, store, cfg, {}, poisoned_tasks({2, 4}))
     assert state.skipped_steps == 2 and state.bad_steps == 0
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
     assert any(not torch.equal(before[k].to(v.device), v) for k, v in model.state_dict().items())  # it still trained
@@ -53,5 +52,5 @@ def test_consecutive_nan_steps_stop_with_a_clear_error(setup, training_params):
     model = build_model(ModelConfig.from_dict(config))
     cfg = TrainConfig.from_dict({**training_params, "epochs": 1, "max_bad_steps": 3, "checkpoint_every": 1})
     with pytest.raises(NonFiniteLossError, match=r"3 consecutive non-finite steps ending at step 4; last good checkpoint") as err:
-        train(model, split, None, store, cfg, {}, tasks=poisoned_tasks({3, 4, 5}))
+        train(model, split, None, store, cfg, {}, poisoned_tasks({3, 4, 5}))
     assert cfg.checkpoint_dir in str(err.value)

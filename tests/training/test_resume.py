@@ -7,8 +7,8 @@ import torch
 
 from multimodal_doubleloop.data.batching import encoded_split
 from multimodal_doubleloop.data.images import image_store
-from multimodal_doubleloop.models import ModelConfig, build_model
-from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
+from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
+from multimodal_doubleloop.tasks import TaskSet
 from multimodal_doubleloop.training.checkpoint import CheckpointError, list_checkpoints
 from multimodal_doubleloop.training.config import TrainConfig
 from multimodal_doubleloop.training.loop import train
@@ -76,7 +76,7 @@ def setup(samples, images, tokenized, model_params):
 def _run(config, split, store, cfg, adapter=None):
     torch.manual_seed(123)  # model init; train() seeds the rest from cfg.seed
     model = build_model(ModelConfig.from_dict(config))
-    state = train(model, split, None, store, cfg, {"model": config, "training": cfg.to_dict()}, adapter=adapter)
+    state = train(model, split, None, store, cfg, {"model": config, "training": cfg.to_dict()}, TaskSet.answer_only(), adapter)
     return model, state
 
 

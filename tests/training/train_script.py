@@ -23,6 +23,7 @@ def main() -> None:
     checkpoint_dir, output = sys.argv[1], sys.argv[2]
     slow_step = int(sys.argv[3]) if len(sys.argv) > 3 else None
     if slow_step is not None:
+        from multimodal_doubleloop.tasks import TaskSet
         from multimodal_doubleloop.training import checkpoint
 
         real_fsync = os.fsync
@@ -39,14 +40,13 @@ def main() -> None:
 
     from multimodal_doubleloop.data.batching import encoded_split
     from multimodal_doubleloop.data.images import image_store
-    from multimodal_doubleloop.models import ModelConfig, build_model
+    from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
     from multimodal_doubleloop.pipelines.ingestion.nodes import decode_images, ingest_samples
     from multimodal_doubleloop.pipelines.tokenization.nodes import (
         build_answer_vocab,
         encode_texts,
         fit_tokenizer,
     )
-    from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
     from multimodal_doubleloop.training.config import TrainConfig
     from multimodal_doubleloop.training.loop import train
 
@@ -66,7 +66,8 @@ def main() -> None:
     )
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_dict(config))
-    state = train(model, split, None, image_store(images), cfg, {"model": config, "training": cfg.to_dict()})
+    state = train(model, split, None, image_store(images), cfg, {"model": config, "training": cfg.to_dict()},
+                  TaskSet.answer_only())
     torch.save({"state_dict": model.state_dict()}, output)
     with open(output + ".json", "w") as f:
         json.dump({"step": state.step, "history": state.history}, f)

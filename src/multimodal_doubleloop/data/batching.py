@@ -133,6 +133,30 @@ class BatchDataset(torch.utils.data.Dataset):
         return collate(self.split, self.images, sample_idx)
 
 
+def batch_stream(split: EncodedSplit, images, sampler: ImageMajorBatches, num_workers: int):
+    """The batches of `sampler`, collated in-process or by `num_workers` DataLoader workers."""
+    if num_workers == 0:
+        return (collate(split, images, idx) for idx in sampler)
+    return iter(
+        torch.utils.data.DataLoader(
+            BatchDataset(split, images),
+            sampler=sampler,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+    )
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Non-blocking copies (from pinned memory when DataLoader workers pin it); images
+    channels-last on CUDA, where the convolutional stem runs faster in that layout."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if device.type == "cuda" and "images" in out:
+        out["images"] = out["images"].contiguous(memory_format=torch.channels_last)
+    return out
+
+
 def image_rows(table, image_ids) -> torch.Tensor:
     """Row of each sample's image in the image store ordered as `image_ids`."""
     position = {image_id: i for i, image_id in enumerate(image_ids)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..models.strict import build
+from ..config import build
 from .images import AugmentConfig
 from .quality import POLICIES, VERIFY_MODES
 from .sources.coco_captions import CocoCaptionsConfig

@@ -115,6 +115,6 @@ class TokenizationConfig:
 
     @classmethod
     def from_dict(cls, params: dict) -> TokenizationConfig:
-        from ..models.strict import build
+        from ..config import build
 
         return build(cls, params, "tokenization")

@@ -3,6 +3,7 @@
 from .fusion import Features, FusionConfig
 from .heads import HeadConfig
 from .multimodal import ModelConfig, MultimodalModel, build_model
+from .presets import resolve_model_config
 from .text import TextConfig, TextEncoder
 from .vision import VisionConfig, VisionTransformer
 
@@ -17,4 +18,5 @@ __all__ = [
     "VisionConfig",
     "VisionTransformer",
     "build_model",
+    "resolve_model_config",
 ]

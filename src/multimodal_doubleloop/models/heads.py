@@ -68,7 +68,8 @@ class HeadConfig:
     # any modality present; "image"/"text" read one tower and need that modality.
     input: str = "fused"
     loss: str = ""  # "" = the type's default: the first of HEAD_LOSSES[type]
-    label_smoothing: float = 0.0  # classification and caption cross-entropy
+    # classification and caption cross-entropy; None = training.label_smoothing (0 is 0)
+    label_smoothing: float | None = None
     focal_gamma: float = 2.0  # loss: focal
     init_temperature: float = 0.07  # contrastive: CLIP's initial softmax temperature
     # contrastive: ceiling on 1/temperature; CLIP clamps at 100 so the scale cannot run away
@@ -104,7 +105,7 @@ class HeadConfig:
                 f"head loss={self.loss!r} does not fit type {self.type!r}: "
                 f"use one of {HEAD_LOSSES[self.type]}"
             )
-        if not 0 <= self.label_smoothing < 1:
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise ValueError(f"head label_smoothing={self.label_smoothing} must be in [0, 1)")
         if self.type == "contrastive":
             if self.init_temperature <= 0 or 1 / self.init_temperature > self.max_logit_scale:

@@ -101,10 +101,14 @@ def caption_loss(
 
 
 def head_loss(
-    cfg: HeadConfig, output, target: torch.Tensor | None = None
+    cfg: HeadConfig, output, target: torch.Tensor | None = None, label_smoothing: float = 0.0
 ) -> dict[str, torch.Tensor]:
-    """The loss a head's config selects, on that head's output (contrastive needs no target)."""
+    """The loss a head's config selects, on that head's output (contrastive needs no target).
+
+    `label_smoothing` is the run's default for cross-entropy heads whose config leaves
+    `label_smoothing` unset (None); a head that sets it, to 0 included, keeps its own."""
     kind = cfg.loss_kind
+    smoothing = label_smoothing if cfg.label_smoothing is None else cfg.label_smoothing
     if kind == "infonce":
         if not isinstance(output, ContrastiveOutput):
             raise ValueError("loss 'infonce' needs the contrastive head's ContrastiveOutput")
@@ -114,7 +118,7 @@ def head_loss(
     if target is None:
         raise ValueError(f"{cfg.type} head loss {kind!r} needs a target")
     if kind == "ce":
-        return classification_loss(output.float(), target, cfg.label_smoothing)
+        return classification_loss(output.float(), target, smoothing)
     if kind == "focal":
         return focal_loss(output, target, cfg.focal_gamma)
     if kind == "bce":
@@ -122,7 +126,7 @@ def head_loss(
     if kind in ("mse", "l1"):
         return regression_loss(output.float(), target, kind)
     if kind == "token_ce":
-        return caption_loss(output, target, cfg.pad_id, cfg.label_smoothing)
+        return caption_loss(output, target, cfg.pad_id, smoothing)
     raise ValueError(f"unknown head loss {kind!r}")
 
 

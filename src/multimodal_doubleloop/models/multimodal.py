@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..config import build
 from .fusion import Features, FusionConfig, build_fusion
 from .heads import HeadConfig, build_head
-from .strict import build
 from .text import TextConfig, TextEncoder
 from .vision import VisionConfig, VisionTransformer, init_weights
 

@@ -1,4 +1,4 @@
-"""Resume checkpoints: written atomically, loaded without unpickling code.
+"""Resume checkpoints: written atomically, loaded without unpickling code; resume.
 
 The one place training writes files itself (mid-run state is not a catalog
 artifact). Each checkpoint is `step_<N>.pt` (tensors, `torch.load(weights_only=True)`)
@@ -13,11 +13,31 @@ import io
 import json
 import logging
 import os
+import random
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from .state import TrainState
+
 logger = logging.getLogger(__name__)
+
+# Keys that may differ between a checkpoint and the run resuming it.
+RESUMABLE_DIFFERENCES = {
+    "training.epochs",
+    "training.max_steps",
+    "training.progress_bar",
+    "training.log_every",
+    "training.checkpoint_every",
+    "training.keep_last",
+    "training.num_workers",
+    "training.resume",
+    "training.checkpoint_dir",
+    "training.device",
+    "training.compile",
+}
 
 
 class CheckpointError(RuntimeError):
@@ -96,3 +116,79 @@ def load_latest(directory: str | Path) -> tuple[dict, dict] | None:
         except CheckpointError as exc:
             logger.error("%s; falling back to the previous checkpoint", exc)
     return None
+
+
+# --- a run's whole state: model, optimiser, scaler, adapter, tasks, RNG, TrainState ---
+
+
+def _rng_state() -> dict:
+    state = {
+        "python": random.getstate(),
+        # as tensors and plain types, so checkpoints load with weights_only=True
+        "numpy": _numpy_rng_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _numpy_rng_state() -> tuple:
+    _, key, pos, has_gauss, cached = np.random.get_state()
+    return torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached)
+
+
+def _restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", key.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    keys = set(saved) | set(current)
+    diffs = []
+    for key in sorted(keys):
+        path = f"{prefix}{key}"
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _config_diff(a, b, path + ".")
+        elif a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b or [])):
+            diffs.append(path)
+    return diffs
+
+
+def save_run(directory, run_config: dict, state: TrainState, parts: dict, keep_last: int, best: bool = False) -> None:
+    """Checkpoint a run at `state.step`: `parts` maps names (model, optimizer, scaler,
+    adapter, tasks) to objects with a `state_dict` (or None); the RNG state and
+    `run_config` go with them."""
+    payload = {name: None if obj is None else obj.state_dict() for name, obj in parts.items()}
+    payload["rng"] = _rng_state()
+    meta = {"config": run_config, "state": asdict(state)}
+    save_checkpoint(directory, state.step, payload, meta, keep_last, best=best)
+
+
+def resume_run(directory, run_config: dict, parts: dict) -> TrainState | None:
+    """Restore `parts` (see `save_run`) and the RNG from the newest checkpoint in
+    `directory` and return its `TrainState`; None when there is none. A checkpoint made
+    with a different configuration is refused, naming the differing keys."""
+    found = load_latest(directory)
+    if found is None:
+        return None
+    payload, meta = found
+    diffs = [d for d in _config_diff(meta["config"], run_config) if d not in RESUMABLE_DIFFERENCES]
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint step {meta['step']} in {directory} was made with a "
+            f"different configuration (differing keys: {diffs}); delete the directory "
+            "or set training.resume: false to start over"
+        )
+    for name, obj in parts.items():
+        if obj is not None and payload.get(name) is not None:
+            obj.load_state_dict(payload[name])
+    _restore_rng(payload["rng"])
+    state = TrainState(**meta["state"])
+    logger.info("Resumed from checkpoint at step %d (epoch %d)", state.step, state.epoch)
+    return state

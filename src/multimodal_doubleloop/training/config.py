@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..models.strict import build
+from ..config import build
 from .controller import ControllerConfig
 from .precision import PRECISIONS
 
@@ -36,7 +36,7 @@ class TrainConfig:
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     world_size: int = 1  # processes (one per GPU on CUDA); the global batch is images_per_batch * world_size
     compile: bool = False  # torch.compile the training step (CUDA; single process)
-    # The outer loop (method fixed | hypergradient | double_loop); see training/controller.py.
+    # The outer loop (method fixed | hypergradient | double_loop); see training/controller/.
     controller: ControllerConfig = field(default_factory=ControllerConfig)
 
     def __post_init__(self):

@@ -12,7 +12,8 @@ from ..models import ModelConfig, build_model
 from . import distributed
 from .config import TrainConfig
 from .controller import build_adapter, decision_history
-from .loop import TrainState, train
+from .loop import train
+from .state import TrainState
 
 
 def fit(
@@ -34,8 +35,8 @@ def fit(
         image_store(images, train=True),
         train_cfg,
         run_config,
+        tasks,
         adapter,
-        tasks=tasks,
         val_images=image_store(images),
     )
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -1,9 +1,8 @@
 import matplotlib.pyplot as plt
 from conftest import run_pipeline
 
-from multimodal_doubleloop.models import ModelConfig, build_model
+from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
 from multimodal_doubleloop.pipelines.evaluation import create_pipeline
-from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
 
 
 def _untrained(tokenized, model_params):
@@ -39,8 +38,12 @@ def test_evaluation_pipeline_reports_per_question_type(
     assert metrics["test_samples"] == len(test)
     # overall accuracy is the question-count-weighted mean of the per-type accuracies
     weighted = sum(
-        metrics["test_accuracy_" + q.replace("/", "_")] * n for q, n in test["question_type"].value_counts().items()
+        metrics["test_answer_accuracy_" + q.replace("/", "_")] * n for q, n in test["question_type"].value_counts().items()
     ) / len(test)
     assert abs(weighted - metrics["test_accuracy"]) < 1e-9
+    # one key shape whatever the number of tasks: test_<task>_<metric>, test_loss, test_accuracy
+    assert metrics["test_accuracy"] == metrics["test_answer_accuracy"]
+    assert {"test_answer_loss", "test_answer_macro_f1", "test_loss"} <= set(metrics)
+    assert not {"test_macro_f1", "test_accuracy_color"} & set(metrics)
     assert catalog.load("mlflow_metrics")["test_accuracy"]["value"] == metrics["test_accuracy"]
     assert isinstance(catalog.load("confusion_matrix"), plt.Figure)

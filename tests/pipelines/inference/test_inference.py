@@ -8,17 +8,17 @@ from conftest import run_pipeline
 from mlflow.exceptions import MlflowException
 from tokenizers import Tokenizer
 
+from multimodal_doubleloop.cli.predict import format_prediction, run_inference
 from multimodal_doubleloop.data.batching import encoded_split
 from multimodal_doubleloop.data.images import image_store
 from multimodal_doubleloop.data.requests import encode_image_file, request_table
-from multimodal_doubleloop.models import ModelConfig, build_model
+from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
 from multimodal_doubleloop.pipelines.inference import create_packaging_pipeline, create_pipeline
 from multimodal_doubleloop.pipelines.inference.mlflow_model import example_request
 from multimodal_doubleloop.pipelines.inference.nodes import InvalidRequestError, package_for_serving
-from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
-from multimodal_doubleloop.predict import format_prediction, run_inference
+from multimodal_doubleloop.tasks import TaskSet
 from multimodal_doubleloop.training.config import TrainConfig
-from multimodal_doubleloop.training.loop import evaluate
+from multimodal_doubleloop.training.evaluate import evaluate
 
 
 def _model(tokenized, model_params, extra_heads=None, answer=True) -> dict:
@@ -59,7 +59,7 @@ def test_predictions_match_evaluation_of_the_same_model(samples, images, tokeniz
     net = build_model(ModelConfig.from_dict(model["config"]))
     net.load_state_dict(model["state_dict"])
     split = encoded_split(samples, tokenized["encoded_texts"], images["image_ids"], vocab, "test")
-    expected = evaluate(net, split, image_store(images), TrainConfig.from_dict(training_params))
+    expected = evaluate(net, split, image_store(images), TrainConfig.from_dict(training_params), TaskSet.answer_only())
     np.testing.assert_allclose(served, expected["probabilities"], atol=1e-5)
     assert predictions["answer"].tolist() == [vocab[i] for i in expected["predictions"]]
     assert np.allclose(served.sum(1), 1.0, atol=1e-5)

@@ -2,8 +2,9 @@ import pytest
 import torch
 from conftest import run_pipeline, training_inputs
 
+from multimodal_doubleloop.models import resolve_model_config
 from multimodal_doubleloop.pipelines.training import create_pipeline
-from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config, train_model
+from multimodal_doubleloop.pipelines.training.nodes import train_model
 
 
 def _inputs(samples, images, tokenized, model_params, training_params, tasks_params=None):

@@ -21,17 +21,17 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are only saved
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
-from ...data.batching import encoded_split, first_images  # noqa: E402
+from ...config import build  # noqa: E402
+from ...data.batching import EncodedSplit, encoded_split, first_images  # noqa: E402
 from ...data.images import image_store  # noqa: E402
-from ...models import ModelConfig, build_model  # noqa: E402
-from ...models.strict import build  # noqa: E402
+from ...models import ModelConfig, build_model, resolve_model_config  # noqa: E402
+from ...tasks import TaskSet  # noqa: E402
 from ...training.config import TrainConfig  # noqa: E402
-from ...training.controller import METHODS, build_adapter, decision_history  # noqa: E402
-from ...training.loop import evaluate, train  # noqa: E402
-from ..training.nodes import resolve_model_config  # noqa: E402
+from ...training.controller import METHODS  # noqa: E402
+from ...training.evaluate import evaluate  # noqa: E402
+from ...training.fit import fit_any  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -85,57 +85,63 @@ def run_controller_study(
         encoded_texts["input_ids"].shape[1],
         len(answer_vocab),
     )
-    store = image_store(images)
     train_split = encoded_split(samples, encoded_texts, images["image_ids"], answer_vocab, "train")
     test_split = first_images(
         encoded_split(samples, encoded_texts, images["image_ids"], answer_vocab, "test"), study.test_images
     )
     if not len(train_split) or not len(test_split):
         raise ValueError("controller_study needs 'train' and 'test' rows in samples")
-    tokenizer_sha256 = hashlib.sha256(tokenizer.encode()).hexdigest()  # once, not per run
+    data = {"tokenizer_sha256": hashlib.sha256(tokenizer.encode()).hexdigest()}  # once, not per run
     cells = []
     for lr, method, seed in ((lr, m, s) for lr in study.base_lrs for m in study.methods for s in study.seeds):
         cfg = TrainConfig.from_dict(
             {**training_params, **study.training, "lr": lr, "seed": seed,
              "controller": {**study.controller, "method": method}}
         )
-        torch.manual_seed(cfg.seed)  # runs of one seed start from the same weights
-        model = build_model(ModelConfig.from_dict(model_config))
-        adapter = build_adapter(cfg.controller, list(model.parameter_groups()), cfg.warmup_steps)
-        run_config = {
-            "model": model_config,
-            "training": cfg.to_dict(),
-            "data": {"tokenizer_sha256": tokenizer_sha256},
-        }
-        start = time.perf_counter()
-        state = train(model, train_split, None, store, cfg, run_config, adapter)
-        seconds = time.perf_counter() - start
-        result = evaluate(model, test_split, store, cfg)
-        trace = adapter.trace if adapter is not None else []
-        cell = {
-            "method": method,
-            "base_lr": lr,
-            "seed": seed,
-            "test_accuracy": result["accuracy"],
-            "test_loss": result["loss"],
-            "train_loss": state.history[-1]["train_loss"],  # mean over the (last) epoch's steps
-            "steps": state.step,
-            "train_seconds": seconds,
-            "test_questions": len(test_split),
-            "curves": {
-                "step_loss": [{"step": r["step"], "value": r["loss"]} for r in state.step_log],
-                "lr": [{"step": r["step"], "value": r["lr"]} for r in state.step_log],
-                **decision_history(trace),
-            },
-            "final_scales": {k: v for k, v in (trace[-1] if trace else {}).items() if "_scale/" in k},
-            "training": cfg.to_dict(),
-        }
+        cell = _run_cell(model_config, train_split, test_split, images, cfg, data)
         logger.info(
             "controller_study %-13s lr=%g seed=%d: test accuracy %.4f, %d steps in %.0f s",
-            method, lr, seed, cell["test_accuracy"], state.step, seconds,
+            method, lr, seed, cell["test_accuracy"], cell["steps"], cell["train_seconds"],
         )
         cells.append(cell)
     return cells
+
+
+def _run_cell(
+    model_config: dict, train_split: EncodedSplit, test_split: EncodedSplit, images: dict, cfg: TrainConfig, data: dict
+) -> dict:
+    """Train one (method, base LR, seed) run as the train pipeline does (`fit_any`: the
+    same initial weights for every run of a seed, `world_size` processes when set)
+    and score it on the test subset."""
+    tasks = TaskSet.answer_only(label_smoothing=cfg.label_smoothing)
+    run_config = {"model": model_config, "training": cfg.to_dict(), "data": data}
+    start = time.perf_counter()
+    weights, state, history = fit_any(model_config, {"train": train_split}, images, cfg, run_config, tasks)
+    seconds = time.perf_counter() - start
+    model = build_model(ModelConfig.from_dict(model_config))
+    model.load_state_dict(weights)
+    result = evaluate(model, test_split, image_store(images), cfg, tasks)
+    return {
+        "method": cfg.controller.method,
+        "base_lr": cfg.lr,
+        "seed": cfg.seed,
+        "test_accuracy": result["accuracy"],
+        "test_loss": result["loss"],
+        "train_loss": state.history[-1]["train_loss"],  # mean over the (last) epoch's steps
+        "steps": state.step,
+        "train_seconds": seconds,
+        "test_questions": len(test_split),
+        "curves": {
+            "step_loss": [{"step": r["step"], "value": r["loss"]} for r in state.step_log],
+            "lr": [{"step": r["step"], "value": r["lr"]} for r in state.step_log],
+            **history,
+        },
+        # the adapter's last decision: controller/lr_scale/<group> -> lr_scale/<group>
+        "final_scales": {
+            k.removeprefix("controller/"): points[-1]["value"] for k, points in history.items() if "_scale/" in k
+        },
+        "training": cfg.to_dict(),
+    }
 
 
 def summarise_controller_study(cells: list[dict]) -> tuple[pd.DataFrame, plt.Figure, dict, dict]:

@@ -17,17 +17,18 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix  
 from ...data.batching import encoded_split  # noqa: E402
 from ...data.images import image_store  # noqa: E402
 from ...models import ModelConfig, build_model  # noqa: E402
-from ...training.config import TrainConfig  # noqa: E402
-from ...training.loop import evaluate  # noqa: E402
-from ...training.precision import resolve_device  # noqa: E402
-from ...training.tasks import (  # noqa: E402
-    ClassificationTask,
+from ...tasks import (  # noqa: E402
+    TaskContext,
     TasksConfig,
     TaskSet,
     evaluation_context,
     special_ids,
     task_metrics,
 )
+from ...tasks.classification import ClassificationTask  # noqa: E402
+from ...training.config import TrainConfig  # noqa: E402
+from ...training.evaluate import evaluate  # noqa: E402
+from ...training.precision import resolve_device  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +51,19 @@ def evaluate_model(
 ) -> tuple[dict, dict, plt.Figure, list[dict]]:
     """Metrics on the `test` split (JSON-ready, and the same for MLflow), a figure
     (confusion matrix of the first classification or zero-shot task) and generated
-    caption samples. Metric keys are `test_<metric>`, or `test_<task>_<metric>` when
-    several tasks run."""
+    caption samples. Metric keys: `test_<task>_<metric>` for every task, plus
+    `test_loss` and `test_accuracy` (the primary task's); see `tasks.evaluation`. Class
+    names come from the trained model (`trained_model["labels"]`), as in serving."""
     cfg = TrainConfig.from_dict(training_params)
     tok = Tokenizer.from_str(tokenizer)
-    tasks = TaskSet.build(TasksConfig.from_dict(tasks_params), samples, answer_vocab, special_ids(tok))
+    context = TaskContext(answer_vocab, special_ids(tok), cfg.label_smoothing, trained_model.get("labels"))
+    tasks = TaskSet.build(TasksConfig.from_dict(tasks_params), samples, context)
     model = load_trained_model(trained_model).to(resolve_device(cfg.device))
     split = encoded_split(samples, encoded_texts, images["image_ids"], answer_vocab, "test")
     if not len(split):
         raise ValueError("the sample table has no 'test' rows to evaluate on")
     tasks.attach_targets(split, samples, "test")
-    result = evaluate(model, split, image_store(images), cfg, tasks=tasks)
+    result = evaluate(model, split, image_store(images), cfg, tasks)
     context = evaluation_context(model, tok, encoded_texts["input_ids"].shape[1], images["image_ids"])
     table = samples[samples["split"] == "test"].reset_index(drop=True)
     metrics = {f"test_{k}": v for k, v in task_metrics(tasks, result, table, context).items()}

@@ -13,7 +13,7 @@ from ...data.schema import validate_table
 from ...data.sources import easy_vqa
 from ...data.sources.coco_captions import read_coco_captions
 from ...data.sources.image_folder import read_image_folder
-from ...training.tasks import TasksConfig, select_rows
+from ...tasks import TasksConfig, select_rows
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import matplotlib
@@ -14,36 +13,12 @@ from tokenizers import Tokenizer  # noqa: E402
 
 from ...data.batching import encoded_split  # noqa: E402
 from ...data.tokenizer import fingerprint  # noqa: E402
-from ...models import ModelConfig  # noqa: E402
+from ...models import resolve_model_config  # noqa: E402
+from ...tasks import TaskContext, TasksConfig, TaskSet, special_ids  # noqa: E402
 from ...training.config import TrainConfig  # noqa: E402
 from ...training.fit import fit_any  # noqa: E402
-from ...training.tasks import TasksConfig, TaskSet, special_ids  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_model_config(
-    model_params: dict, vocab_size: int, max_length: int, num_answers: int, tasks: TaskSet | None = None
-) -> dict:
-    """The chosen preset, completed with sizes only the data knows; with `tasks`, one
-    head per task (the preset's head of that name supplies its settings)."""
-    preset = model_params["preset"]
-    presets = model_params["presets"]
-    if preset not in presets:
-        raise ValueError(f"model.preset={preset!r} is not in model.presets {sorted(presets)}")
-    config = copy.deepcopy(presets[preset])
-    if config.get("text") is not None:
-        config["text"] = {**config.get("text", {}), "vocab_size": vocab_size, "max_length": max_length}
-    if tasks is not None:
-        dim = config.get("fusion", {}).get("dim", ModelConfig().fusion.dim)
-        sizes = {"vocab_size": vocab_size, "max_length": max_length, "dim": dim}
-        config["heads"] = tasks.head_configs(config.get("heads") or {}, sizes)
-    else:
-        heads = config.setdefault("heads", {"answer": {"type": "classification"}})
-        heads.setdefault("answer", {"type": "classification"})
-        heads["answer"]["num_outputs"] = num_answers
-    ModelConfig.from_dict(config)  # fail now, before any work, if the preset is invalid
-    return config
 
 
 def train_model(
@@ -61,15 +36,10 @@ def train_model(
     history table."""
     train_cfg = TrainConfig.from_dict(training_params)
     vocab_size = Tokenizer.from_str(tokenizer).get_vocab_size()
-    tasks = TaskSet.build(
-        TasksConfig.from_dict(tasks_params),
-        samples,
-        answer_vocab,
-        special_ids(Tokenizer.from_str(tokenizer)),
-        train_cfg.label_smoothing,
-    )
+    context = TaskContext(answer_vocab, special_ids(Tokenizer.from_str(tokenizer)), train_cfg.label_smoothing)
+    tasks = TaskSet.build(TasksConfig.from_dict(tasks_params), samples, context)
     model_config = resolve_model_config(
-        model_params, vocab_size, encoded_texts["input_ids"].shape[1], len(answer_vocab), tasks
+        model_params, vocab_size, encoded_texts["input_ids"].shape[1], heads=tasks.head_configs
     )
     splits = {
         s: tasks.attach_targets(
@@ -94,8 +64,8 @@ def train_model(
     curves["step_loss"] = [{"step": r["step"], "value": r["loss"]} for r in state.step_log]
     curves["lr"] = [{"step": r["step"], "value": r["lr"]} for r in state.step_log]
     curves.update(trace)
-    labels = {t.name: list(t.vocab) for t in tasks.tasks if getattr(t, "vocab", None)}
-    trained = {"config": model_config, "state_dict": weights, "labels": labels}  # labels: class names per head
+    # labels: class names per head, the one source evaluation and serving read them from
+    trained = {"config": model_config, "state_dict": weights, "labels": tasks.labels()}
     return trained, {k: v for k, v in curves.items() if v}, state.history
 
 

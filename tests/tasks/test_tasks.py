@@ -15,24 +15,25 @@ from torchmetrics.functional.retrieval import retrieval_recall as tm_recall
 from multimodal_doubleloop.data.batching import collate, encoded_split
 from multimodal_doubleloop.data.images import InMemoryImages
 from multimodal_doubleloop.data.tokenizer import encode, train_tokenizer
-from multimodal_doubleloop.models import ModelConfig, build_model
+from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
 from multimodal_doubleloop.models.heads import ContrastiveOutput
-from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
-from multimodal_doubleloop.training.config import TrainConfig
-from multimodal_doubleloop.training.loop import evaluate, train
-from multimodal_doubleloop.training.metrics import bleu, cider_d, retrieval_recall
-from multimodal_doubleloop.training.tasks import (
-    CaptionTask,
-    ClassificationTask,
-    ContrastiveTask,
-    MultilabelTask,
-    RegressionTask,
+from multimodal_doubleloop.tasks import (
     TaskConfig,
+    TaskContext,
     TasksConfig,
     TaskSet,
     special_ids,
     task_metrics,
 )
+from multimodal_doubleloop.tasks.caption import CaptionTask
+from multimodal_doubleloop.tasks.classification import ClassificationTask
+from multimodal_doubleloop.tasks.contrastive import ContrastiveTask
+from multimodal_doubleloop.tasks.metrics import bleu, cider_d, retrieval_recall
+from multimodal_doubleloop.tasks.multilabel import MultilabelTask
+from multimodal_doubleloop.tasks.regression import RegressionTask
+from multimodal_doubleloop.training.config import TrainConfig
+from multimodal_doubleloop.training.evaluate import evaluate
+from multimodal_doubleloop.training.loop import train
 
 # --- metrics with known answers --------------------------------------------------
 
@@ -216,8 +217,8 @@ def _setup(toy, tasks_params, active, weighting="uncertainty"):
     table, tok, encoded, images = toy
     cfg = TasksConfig.from_dict({**tasks_params, "active": active, "weighting": weighting})
     vocab = sorted(a for a in table.loc[table.split == "train", "answer"].unique() if a)
-    tasks = TaskSet.build(cfg, table, vocab, special_ids(tok))
-    config = resolve_model_config(copy.deepcopy(TINY_MODEL), tok.get_vocab_size(), 8, len(vocab), tasks)
+    tasks = TaskSet.build(cfg, table, TaskContext(vocab, special_ids(tok)))
+    config = resolve_model_config(copy.deepcopy(TINY_MODEL), tok.get_vocab_size(), 8, heads=tasks.head_configs)
     image_ids = [f"img{i}" for i in range(8)]
     splits = {s: tasks.attach_targets(encoded_split(table, encoded, image_ids, vocab, s), table, s) for s in ("train", "test")}
     torch.manual_seed(0)
@@ -260,10 +261,10 @@ def test_multi_task_train_and_evaluate(toy, tasks_params, tmp_path):
     tasks, model, splits, _ = _setup(toy, tasks_params, ALL)
     cfg = TrainConfig(epochs=3, images_per_batch=2, warmup_steps=1, checkpoint_dir=str(tmp_path),
                       checkpoint_every=0, progress_bar=False, log_every=1)
-    state = train(model, splits["train"], splits["test"], toy[3], cfg, {}, tasks=tasks)
+    state = train(model, splits["train"], splits["test"], toy[3], cfg, {}, tasks)
     assert len(state.history) == 3 and all(np.isfinite(r["val_loss"]) for r in state.history)
     assert tasks.weights() != {t: 1.0 for t in ALL}  # the loss weights were trained
-    result = evaluate(model, splits["test"], toy[3], cfg, tasks=tasks)
+    result = evaluate(model, splits["test"], toy[3], cfg, tasks)
     table, tok = toy[0], toy[1]
     context = {
         "image_ids": [f"img{i}" for i in range(8)],
@@ -284,9 +285,9 @@ def test_image_folder_classification_reads_the_image_only(tasks_params):
     )
     tok = Tokenizer.from_str(train_tokenizer(table["text"], vocab_size=40).to_str())
     with pytest.raises(ValueError, match=r"lacks .*drop the task from tasks.active"):  # easy-VQA's attributes
-        TaskSet.build(TasksConfig.from_dict({**tasks_params, "active": ["answer", "attributes"]}), table, ["cat", "dog"], special_ids(tok))
+        TaskSet.build(TasksConfig.from_dict({**tasks_params, "active": ["answer", "attributes"]}), table, TaskContext(["cat", "dog"], special_ids(tok)))
     only_answer = TasksConfig.from_dict({**tasks_params, "active": ["answer"]})
-    tasks = TaskSet.build(only_answer, table, ["cat", "dog"], special_ids(tok))
+    tasks = TaskSet.build(only_answer, table, TaskContext(["cat", "dog"], special_ids(tok)))
     heads = tasks.head_configs({"answer": {"type": "classification", "hidden": 8}}, {})
     assert heads["answer"]["input"] == "image"  # the prompt names the answer
     with pytest.raises(ValueError, match="names the answer"):
@@ -314,7 +315,8 @@ def test_contrastive_loss_counts_equal_texts_of_other_images_as_positives():
     texts[2] = texts[0]  # images 0 and 2 have the same caption (text id 7)
     batch = {"image_index": torch.arange(4), "target.r": torch.tensor([7, 3, 7, 5])}
     task = ContrastiveTask("r", TaskConfig("contrastive"), [])
-    terms, hits, count = task.loss(_FixedHead(images, texts, 10.0), None, batch)
+    step = task.loss(_FixedHead(images, texts, 10.0), None, batch)
+    terms, hits, count = step.terms, step.hits, step.count
     # direct multi-positive InfoNCE: image -> its caption among the 3 distinct ones;
     # each distinct caption -> all images that have it, equally
     distinct = texts[[0, 1, 3]]  # ids 7, 3, 5
@@ -334,6 +336,6 @@ def test_contrastive_loss_without_duplicates_is_plain_clip():
     images = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1)
     texts = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1)
     batch = {"image_index": torch.arange(3), "target.r": torch.tensor([0, 1, 2])}
-    terms, _, _ = ContrastiveTask("r", TaskConfig("contrastive"), []).loss(_FixedHead(images, texts, 5.0), None, batch)
+    terms = ContrastiveTask("r", TaskConfig("contrastive"), []).loss(_FixedHead(images, texts, 5.0), None, batch).terms
     clip = contrastive_loss(images, texts, torch.tensor(5.0))
     assert float(sum(terms.values())) == pytest.approx(float(sum(clip.values())), rel=1e-6)

@@ -8,9 +8,8 @@ from torch import nn
 
 from multimodal_doubleloop.data.batching import encoded_split
 from multimodal_doubleloop.data.images import image_store
-from multimodal_doubleloop.models import ModelConfig, build_model
-from multimodal_doubleloop.pipelines.training.nodes import resolve_model_config
-from multimodal_doubleloop.training import hypergradient
+from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
+from multimodal_doubleloop.tasks import TaskSet
 from multimodal_doubleloop.training.config import TrainConfig
 from multimodal_doubleloop.training.controller import (
     ControllerConfig,
@@ -18,9 +17,11 @@ from multimodal_doubleloop.training.controller import (
     HypergradientDescent,
     build_adapter,
     decision_history,
+    hypergradient,
 )
-from multimodal_doubleloop.training.hypergradient import HypergradientMeter
-from multimodal_doubleloop.training.loop import make_optimizer, train
+from multimodal_doubleloop.training.controller.hypergradient import HypergradientMeter
+from multimodal_doubleloop.training.loop import train
+from multimodal_doubleloop.training.optim import make_optimizer
 
 BOUND = math.log(4.0)
 
@@ -238,7 +239,7 @@ def test_resume_from_checkpoint_gives_identical_decisions(
         model = build_model(ModelConfig.from_dict(config))
         adapter = build_adapter(cfg.controller, list(model.parameter_groups()), cfg.warmup_steps)
         wrapped = adapter if crash_at is None else CrashAt(adapter, crash_at)
-        train(model, split, None, store, cfg, {"training": cfg.to_dict()}, wrapped)
+        train(model, split, None, store, cfg, {"training": cfg.to_dict()}, TaskSet.answer_only(), wrapped)
         return adapter.trace, model.state_dict()
 
     straight, weights = run(str(tmp_path / "straight"))
@@ -385,7 +386,7 @@ def test_controller_early_stop_ends_training_and_a_rerun_stays_stopped(
     weights of that moment, the run ends at the step the controller stops it, and a
     resumed rerun trains no further."""
     from multimodal_doubleloop.data.batching import first_images
-    from multimodal_doubleloop.training.loop import evaluate
+    from multimodal_doubleloop.training.evaluate import evaluate
 
     answer_vocab, encoded = tokenized["answer_vocab"], tokenized["encoded_texts"]
     config = resolve_model_config(model_params, 200, encoded["input_ids"].shape[1], len(answer_vocab))
@@ -409,7 +410,7 @@ def test_controller_early_stop_ends_training_and_a_rerun_stays_stopped(
             self.adapter, self.seen = adapter, []
 
         def observe_validation(self, loss):
-            expected = evaluate(model, first_images(val, 2), store, cfg)["loss"]
+            expected = evaluate(model, first_images(val, 2), store, cfg, TaskSet.answer_only())["loss"]
             assert loss == pytest.approx(expected, rel=1e-6)
             self.seen.append(loss)
             self.adapter.observe_validation(loss)
@@ -419,7 +420,7 @@ def test_controller_early_stop_ends_training_and_a_rerun_stays_stopped(
 
     adapter = build_adapter(cfg.controller, list(model.parameter_groups()), cfg.warmup_steps)
     checked = Checked(adapter)
-    state = train(model, split, val, store, cfg, {"training": cfg.to_dict()}, checked)
+    state = train(model, split, val, store, cfg, {"training": cfg.to_dict()}, TaskSet.answer_only(), checked)
     # Decisions every 2 steps; learned from step 2 (warm-up), first outcome at step 4,
     # counting from step 6 (two outcomes learnt), the second plateau at step 8.
     assert state.stopped_early_at == state.step == 8
@@ -430,7 +431,7 @@ def test_controller_early_stop_ends_training_and_a_rerun_stays_stopped(
     torch.manual_seed(0)
     again = build_model(ModelConfig.from_dict(config))
     rerun = train(again, split, val, store, cfg, {"training": cfg.to_dict()},
-                  build_adapter(cfg.controller, list(again.parameter_groups()), cfg.warmup_steps))
+                  TaskSet.answer_only(), build_adapter(cfg.controller, list(again.parameter_groups()), cfg.warmup_steps))
     assert rerun.step == 8 and rerun.stopped_early_at == 8 and rerun.history == state.history
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
 
@@ -444,7 +445,7 @@ def test_meta_images_without_a_validation_split_fails_before_training(samples, i
     model = build_model(ModelConfig.from_dict(config))
     adapter = build_adapter(cfg.controller, list(model.parameter_groups()), cfg.warmup_steps)
     with pytest.raises(ValueError, match="meta_images=4 needs a validation split"):
-        train(model, split, None, image_store(images), cfg, {}, adapter)
+        train(model, split, None, image_store(images), cfg, {}, TaskSet.answer_only(), adapter)
 
 
 def test_meta_head_closes_meta_step_of_its_error_per_outcome():

@@ -1,7 +1,7 @@
 """Answer a question about an image with a trained model.
 
-    python -m multimodal_doubleloop.predict --image img.png --text "what color is the shape?"
-    python -m multimodal_doubleloop.predict --image img.png --text "..." --model-uri runs:/<run_id>/model --top-k 5
+    python -m multimodal_doubleloop.cli.predict --image img.png --text "what color is the shape?"
+    python -m multimodal_doubleloop.cli.predict --image img.png --text "..." --model-uri runs:/<run_id>/model --top-k 5
 
 Without `--model-uri`, the latest `trained_model`, `tokenizer` and `answer_vocab` in
 the project's catalog go through the `inference` pipeline; with one, that MLflow model
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data.requests import RequestError, encode_image_file, request_table
+from ..data.requests import RequestError, encode_image_file, request_table
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ def run_inference(
     from kedro.io import DataCatalog, MemoryDataset
     from kedro.runner import SequentialRunner
 
-    from .pipelines.inference import create_pipeline
-    from .pipelines.inference.nodes import package_for_serving
+    from ..pipelines.inference import create_pipeline
+    from ..pipelines.inference.nodes import package_for_serving
 
     model, tokenizer, answer_vocab = package_for_serving(model, tokenizer, answer_vocab)
     inputs = {
@@ -69,7 +69,7 @@ def predict_from_mlflow(
 ) -> pd.DataFrame:
     import mlflow
 
-    from .pipelines.inference.mlflow_model import TOP_K_PARAM
+    from ..pipelines.inference.mlflow_model import TOP_K_PARAM
 
     mlflow.set_tracking_uri(tracking_uri)  # resolves runs:/ and models:/ URIs
     model = mlflow.pyfunc.load_model(model_uri)
@@ -103,7 +103,7 @@ def format_prediction(row: pd.Series) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m multimodal_doubleloop.predict", description=__doc__.split("\n\n")[0]
+        prog="python -m multimodal_doubleloop.cli.predict", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--image", required=True, type=Path, help="a PNG or JPEG file")
     parser.add_argument("--text", required=True, help="the question")
