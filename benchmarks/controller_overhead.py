@@ -55,6 +55,7 @@ class Probe:
     def __init__(self, adapter):
         self.adapter, self.seconds, self.stamps = adapter, 0.0, []
         self.held_out_start = None  # the loop scores the held-out batch between these two calls
+        self.held_out_passes = 0
 
     def _call(self, name, *args, default=None):
         if self.adapter is None:
@@ -91,6 +92,7 @@ class Probe:
 
     def observe_validation(self, loss):
         self.seconds += time.perf_counter() - self.held_out_start
+        self.held_out_passes += 1
         self._call("observe_validation", loss)
 
     def stop_requested(self):
@@ -114,8 +116,9 @@ def synthetic_split(n_images: int, questions_per_image: int, length: int, vocab:
     )
 
 
-def run(method: str, args, split, images, model_config: dict) -> tuple[float, float]:
-    """(median step seconds, adapter seconds per step) of one short training run."""
+def run(method: str, args, split, images, model_config: dict) -> tuple[float, float, int]:
+    """(median step seconds, adapter seconds per step, held-out passes counted as
+    adapter time) of one short training run."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(
             epochs=1,
@@ -143,7 +146,7 @@ def run(method: str, args, split, images, model_config: dict) -> tuple[float, fl
         held_out = first_images(split, args.meta_images) if cfg.controller.meta_images else None
         train(model, split, held_out, images, cfg, {}, TaskSet.answer_only(), probe)
     steps = np.diff(probe.stamps)[1:]  # the first step pays for allocations
-    return float(np.median(steps)), probe.seconds / len(probe.stamps)
+    return float(np.median(steps)), probe.seconds / len(probe.stamps), probe.held_out_passes
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -176,9 +179,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     times = {m: [] for m in METHODS}
     inside = {m: [] for m in METHODS}
+    passes = {m: 0 for m in METHODS}
     for r in range(args.rounds):
         for method in METHODS:
-            step, per_step = run(method, args, split, images, model_config)
+            step, per_step, held_out = run(method, args, split, images, model_config)
+            passes[method] += held_out
             times[method].append(step)
             inside[method].append(per_step)
             logger.info(
@@ -199,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         result[f"{method}_controller_seconds_per_step"] = statistics.median(inside[method])
         result[f"{method}_direct_fraction"] = statistics.median(inside[method]) / base
         result[f"{method}_ab_fraction"] = statistics.median(times[method]) / base - 1
+        result[f"{method}_held_out_passes"] = passes[method]  # over all rounds
     result["overhead_fraction"] = max(result[f"{m}_direct_fraction"] for m in METHODS[1:])
     sys.stdout.write(json.dumps(result) + "\n")
     return result

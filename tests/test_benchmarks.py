@@ -38,14 +38,16 @@ def test_train_throughput_reports_both_batchings():
 
 @pytest.mark.slow
 def test_controller_overhead_counts_the_held_out_batch():
-    """With a held-out batch the double loop's direct time includes its forward pass,
-    so it exceeds hypergradient descent's (same statistics, no meta head)."""
+    """With a held-out batch the double loop's direct time includes its forward pass
+    (counted, not timed: timings belong to the benchmark's figures, not to a test)."""
     figures = run_benchmark(
         "controller_overhead.py", "--steps", "8", "--rounds", "1", "--every", "4", "--measure-every", "2",
         "--images-per-batch", "4", "--meta-images", "4",
     )
     assert figures["meta_images"] == 4 and figures["step_seconds_fixed"] > 0
-    assert figures["double_loop_direct_fraction"] > figures["hypergradient_direct_fraction"] > 0
+    assert figures["double_loop_direct_fraction"] > 0 and figures["hypergradient_direct_fraction"] > 0
+    # one window end inside 8 steps of 4 (step 4): one held-out pass, and none for HD
+    assert figures["double_loop_held_out_passes"] == 1 and figures["hypergradient_held_out_passes"] == 0
     assert figures["overhead_fraction"] == figures["double_loop_direct_fraction"]
 
 

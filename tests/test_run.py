@@ -45,8 +45,8 @@ def test_train_pipeline_end_to_end(project):
     run_kedro(project)
     metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
-    assert {"test_accuracy_yes_no", "test_accuracy_color", "test_accuracy_shape"} <= set(metrics)
-    # the default task set: answer (primary, also under plain keys) + attributes
+    assert {"test_answer_accuracy_yes_no", "test_answer_accuracy_color", "test_answer_accuracy_shape"} <= set(metrics)
+    # the default task set: answer (primary: test_accuracy is its accuracy) + attributes
     assert metrics["test_answer_accuracy"] == metrics["test_accuracy"]
     assert 0.0 <= metrics["test_attributes_map"] <= 1.0
     assert (project / "data/08_reporting/confusion_matrix.png").stat().st_size > 1000
@@ -73,7 +73,7 @@ def test_torchrun_entry_point_trains_from_the_catalog(project):
         run_kedro(project, name)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "multimodal_doubleloop.cli.torchrun", "--env", "test", "--project", str(project)],
+         "-m", "multimodal_doubleloop.commands.torchrun", "--env", "test", "--project", str(project)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -21,7 +21,7 @@ import pytest
 import requests
 from PIL import Image
 
-from multimodal_doubleloop.cli.predict import run_inference
+from multimodal_doubleloop.commands.predict import run_inference
 from multimodal_doubleloop.data.requests import encode_image
 from multimodal_doubleloop.io import TorchModelDataset
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from multimodal_doubleloop.models import ModelConfig, build_model
+from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
 
 PARAMS = Path(__file__).resolve().parents[2] / "conf" / "base" / "parameters_model.yml"
 
@@ -64,3 +64,29 @@ def test_cpu_preset_trains_a_step():
     assert logits.shape == (4, 13)
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_resolve_model_config_fills_data_sizes(model_params):
+    config = resolve_model_config(model_params, vocab_size=77, max_length=16, num_answers=13)
+    assert config["text"]["vocab_size"] == 77 and config["heads"]["answer"]["num_outputs"] == 13
+    assert "vocab_size" not in model_params["presets"]["tiny"]["text"]  # params untouched
+
+
+def test_unknown_preset_and_keys_fail_before_training(model_params):
+    with pytest.raises(ValueError, match="model.preset='huge'"):
+        resolve_model_config({**model_params, "preset": "huge"}, 77, 16, 13)
+    model_params["presets"]["tiny"]["vision"]["dpeth"] = 2
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['dpeth'\] in model.vision"):
+        resolve_model_config(model_params, 77, 16, 13)
+
+
+def test_task_heads_come_from_the_task_layer_callback(model_params):
+    seen = {}
+
+    def heads(preset_heads, sizes):
+        seen.update(preset=preset_heads, sizes=sizes)
+        return {"answer": {**preset_heads["answer"], "num_outputs": 5}}
+
+    config = resolve_model_config(model_params, 77, 16, heads=heads)
+    assert config["heads"]["answer"]["num_outputs"] == 5
+    assert seen["sizes"] == {"vocab_size": 77, "max_length": 16, "dim": 32}

@@ -23,7 +23,6 @@ def main() -> None:
     checkpoint_dir, output = sys.argv[1], sys.argv[2]
     slow_step = int(sys.argv[3]) if len(sys.argv) > 3 else None
     if slow_step is not None:
-        from multimodal_doubleloop.tasks import TaskSet
         from multimodal_doubleloop.training import checkpoint
 
         real_fsync = os.fsync
@@ -47,6 +46,7 @@ def main() -> None:
         encode_texts,
         fit_tokenizer,
     )
+    from multimodal_doubleloop.tasks import TaskSet
     from multimodal_doubleloop.training.config import TrainConfig
     from multimodal_doubleloop.training.loop import train
 

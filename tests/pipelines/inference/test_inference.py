@@ -8,7 +8,7 @@ from conftest import run_pipeline
 from mlflow.exceptions import MlflowException
 from tokenizers import Tokenizer
 
-from multimodal_doubleloop.cli.predict import format_prediction, run_inference
+from multimodal_doubleloop.commands.predict import format_prediction, run_inference
 from multimodal_doubleloop.data.batching import encoded_split
 from multimodal_doubleloop.data.images import image_store
 from multimodal_doubleloop.data.requests import encode_image_file, request_table

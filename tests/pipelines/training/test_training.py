@@ -1,28 +1,12 @@
-import pytest
 import torch
 from conftest import run_pipeline, training_inputs
 
-from multimodal_doubleloop.models import resolve_model_config
 from multimodal_doubleloop.pipelines.training import create_pipeline
 from multimodal_doubleloop.pipelines.training.nodes import train_model
 
 
 def _inputs(samples, images, tokenized, model_params, training_params, tasks_params=None):
     return training_inputs(samples, images, tokenized, model_params, training_params, **{"params:tasks": tasks_params})
-
-
-def test_resolve_model_config_fills_data_sizes(model_params):
-    config = resolve_model_config(model_params, vocab_size=77, max_length=16, num_answers=13)
-    assert config["text"]["vocab_size"] == 77 and config["heads"]["answer"]["num_outputs"] == 13
-    assert "vocab_size" not in model_params["presets"]["tiny"]["text"]  # params untouched
-
-
-def test_unknown_preset_and_keys_fail_before_training(model_params):
-    with pytest.raises(ValueError, match="model.preset='huge'"):
-        resolve_model_config({**model_params, "preset": "huge"}, 77, 16, 13)
-    model_params["presets"]["tiny"]["vision"]["dpeth"] = 2
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['dpeth'\] in model.vision"):
-        resolve_model_config(model_params, 77, 16, 13)
 
 
 def test_train_model_learns_and_reports(samples, images, tokenized, model_params, training_params, tasks_params):

@@ -63,7 +63,31 @@ def _first_wins(ids: pd.Series) -> np.ndarray:
     return ~ids.duplicated(keep="first").to_numpy()
 
 
-def _read_split(root: Path, name: str, split: str) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+class _Problems:
+    """Malformed records of one annotation file, as quarantine rows."""
+
+    def __init__(self, split: str):
+        self.split, self.frames = split, []
+
+    def add(self, mask: np.ndarray, reason: str, record, detail) -> None:
+        """Record the masked entries; `record`/`detail` map the masked positions to strings."""
+        if mask.any():
+            where = np.flatnonzero(mask)
+            self.frames.append(
+                pd.DataFrame(
+                    {
+                        "source": SOURCE,
+                        "split": self.split,
+                        "reason": reason,
+                        "record": [record(i) for i in where],
+                        "image_path": "",
+                        "detail": [detail(i) for i in where],
+                    }
+                )
+            )
+
+
+def _load_annotations(root: Path, name: str, split: str) -> tuple[Path, dict]:
     path = root / "annotations" / f"captions_{name}.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -76,69 +100,62 @@ def _read_split(root: Path, name: str, split: str) -> tuple[pd.DataFrame, list[p
         data.get("annotations"), list
     ):
         raise ValueError(f"{path}: expected a JSON object with lists 'images' and 'annotations'")
-    problems = []
+    return path, data
 
-    def problem(mask: np.ndarray, reason: str, record, detail) -> None:
-        """Record the masked entries; `record`/`detail` map the masked positions to strings."""
-        if mask.any():
-            where = np.flatnonzero(mask)
-            problems.append(
-                pd.DataFrame(
-                    {
-                        "source": SOURCE,
-                        "split": split,
-                        "reason": reason,
-                        "record": [record(i) for i in where],
-                        "image_path": "",
-                        "detail": [detail(i) for i in where],
-                    }
-                )
-            )
 
-    images = data["images"]
-    image_id = pd.Series([im.get("id") if isinstance(im, dict) else None for im in images], dtype=object)
-    file_name = pd.Series(
-        [im.get("file_name") if isinstance(im, dict) else None for im in images], dtype=object
-    )
+def _field(entries: list, key: str) -> pd.Series:
+    return pd.Series([e.get(key) if isinstance(e, dict) else None for e in entries], dtype=object)
+
+
+def _valid_images(images: list, where: str, problems: _Problems) -> tuple[pd.Index, np.ndarray]:
+    """Ids and file names of the well-formed, first-seen image entries."""
+    image_id, file_name = _field(images, "id"), _field(images, "file_name")
+
     def image_record(i: int) -> str:
-        return f"image entry {i} in {path.name}"
+        return f"image entry {i} in {where}"
 
     valid = (image_id.map(type).eq(int) & file_name.map(type).eq(str)).to_numpy()
-    problem(~valid, "bad_image_record", image_record,
-            lambda i: f"id={image_id[i]!r} file_name={file_name[i]!r}")
+    problems.add(~valid, "bad_image_record", image_record, lambda i: f"id={image_id[i]!r} file_name={file_name[i]!r}")
     first = valid & _first_wins(image_id.where(valid))
-    problem(valid & ~first, "duplicate_image_id", image_record, lambda i: f"id {image_id[i]}")
-    known_ids = pd.Index(image_id[first].astype(np.int64))
-    known_files = file_name[first].to_numpy()
+    problems.add(valid & ~first, "duplicate_image_id", image_record, lambda i: f"id {image_id[i]}")
+    return pd.Index(image_id[first].astype(np.int64)), file_name[first].to_numpy()
 
-    anns = data["annotations"]
-    ann_id = pd.Series([a.get("id") if isinstance(a, dict) else None for a in anns], dtype=object)
-    ann_image = pd.Series([a.get("image_id") if isinstance(a, dict) else None for a in anns], dtype=object)
-    caption = pd.Series([a.get("caption") if isinstance(a, dict) else None for a in anns], dtype=object)
-    del data, images, anns  # the parsed JSON: its columns are all that is kept
+
+def _valid_captions(anns: list, known_ids: pd.Index, where: str, problems: _Problems):
+    """(annotation ids, image positions in `known_ids`, trimmed caption texts, rows
+    kept): well-formed annotations of known images with a non-empty caption, first id wins."""
+    ann_id, ann_image, caption = _field(anns, "id"), _field(anns, "image_id"), _field(anns, "caption")
+
     def record(i: int) -> str:
-        return f"annotation {ann_id[i]} in {path.name}"
+        return f"annotation {ann_id[i]} in {where}"
 
     has_id = ann_id.map(type).eq(int).to_numpy()
-    problem(~has_id, "bad_annotation_record", record, lambda i: f"id={ann_id[i]!r}")
+    problems.add(~has_id, "bad_annotation_record", record, lambda i: f"id={ann_id[i]!r}")
     is_int = has_id & ann_image.map(type).eq(int).to_numpy()
     position = np.full(len(ann_id), -1, dtype=np.int64)
     if is_int.any():
         position[is_int] = known_ids.get_indexer(ann_image[is_int].astype(np.int64))
     known = position >= 0
-    problem(has_id & ~known, "unknown_image_id", record, lambda i: f"image_id {ann_image[i]!r}")
+    problems.add(has_id & ~known, "unknown_image_id", record, lambda i: f"image_id {ann_image[i]!r}")
     is_str = caption.map(type).eq(str).to_numpy()
-    problem(known & ~is_str, "caption_not_string", record,
-            lambda i: f"caption is {type(caption[i]).__name__}: {str(caption[i])[:40]}")
+    problems.add(known & ~is_str, "caption_not_string", record,
+                 lambda i: f"caption is {type(caption[i]).__name__}: {str(caption[i])[:40]}")
     text = pa.array([c if type(c) is str else "" for c in caption], type=pa.string())
     text = pc.utf8_trim_whitespace(text)  # vectorised; inner whitespace is the tokenizer's business
     non_empty = pc.greater(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False)
-    problem(known & is_str & ~non_empty, "empty_caption", record, lambda i: f"caption {caption[i]!r}")
+    problems.add(known & is_str & ~non_empty, "empty_caption", record, lambda i: f"caption {caption[i]!r}")
     ok = known & is_str & non_empty
     first_ann = ok & _first_wins(ann_id.where(ok))
-    problem(ok & ~first_ann, "duplicate_annotation_id", record, lambda i: f"id {ann_id[i]}")
+    problems.add(ok & ~first_ann, "duplicate_annotation_id", record, lambda i: f"id {ann_id[i]}")
+    return ann_id, position, text, np.flatnonzero(first_ann)
 
-    rows = np.flatnonzero(first_ann)
+
+def _read_split(root: Path, name: str, split: str) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    path, data = _load_annotations(root, name, split)
+    problems = _Problems(split)
+    known_ids, known_files = _valid_images(data["images"], path.name, problems)
+    ann_id, position, text, rows = _valid_captions(data["annotations"], known_ids, path.name, problems)
+    del data  # the parsed JSON: its columns are all that is kept
     prefix = f"coco/{name}/"
     image_ids = pa.array(known_ids.to_numpy()[position[rows]])
     table = pd.DataFrame(
@@ -157,7 +174,7 @@ def _read_split(root: Path, name: str, split: str) -> tuple[pd.DataFrame, list[p
         "COCO %s (%s): %d captions of %d images from %s",
         name, split, len(table), len(known_ids), path,
     )
-    return table, problems
+    return table, problems.frames
 
 
 def read_coco_captions(

@@ -2,7 +2,7 @@
 
 The same nodes run in `kedro run --pipeline inference`, inside the MLflow model that
 `kedro run --pipeline train` logs (kedro-mlflow's `KedroPipelineModel`), and in
-`python -m multimodal_doubleloop.cli.predict`.
+`python -m multimodal_doubleloop.commands.predict`.
 """
 
 from __future__ import annotations

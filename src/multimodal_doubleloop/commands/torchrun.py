@@ -4,10 +4,10 @@ Run the train pipeline once (or at least `--pipeline ingestion` and
 `--pipeline tokenization`) so the catalog holds the encoded data, then:
 
     # 2 processes on this machine
-    torchrun --standalone --nproc-per-node 2 -m multimodal_doubleloop.cli.torchrun
+    torchrun --standalone --nproc-per-node 2 -m multimodal_doubleloop.commands.torchrun
     # 2 machines x 8 GPUs (SLURM, Kubernetes: one launcher per node)
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\
-        --rdzv-endpoint $MASTER_HOST:29500 -m multimodal_doubleloop.cli.torchrun --env base
+        --rdzv-endpoint $MASTER_HOST:29500 -m multimodal_doubleloop.commands.torchrun --env base
 
 Every rank loads the inputs from the catalog and joins the process group from
 torchrun's environment; rank 0 alone saves `trained_model` and `training_history`.

@@ -1,4 +1,4 @@
-"""`python -m multimodal_doubleloop.cli.predict` on the model of a tiny training run: from
+"""`python -m multimodal_doubleloop.commands.predict` on the model of a tiny training run: from
 the project's catalog and from the MLflow model URI; stdout carries only the answer."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from multimodal_doubleloop.cli.predict import run_inference
+from multimodal_doubleloop.commands.predict import run_inference
 from multimodal_doubleloop.data.requests import encode_image_file, request_table
 from multimodal_doubleloop.io import TorchModelDataset
 
@@ -19,7 +19,7 @@ QUESTION = "what color is the shape?"
 
 
 def _cli(project, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "multimodal_doubleloop.cli.predict", *args]
+    command = [sys.executable, "-m", "multimodal_doubleloop.commands.predict", *args]
     return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=300)
 
 

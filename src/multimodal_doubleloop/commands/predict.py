@@ -1,7 +1,7 @@
 """Answer a question about an image with a trained model.
 
-    python -m multimodal_doubleloop.cli.predict --image img.png --text "what color is the shape?"
-    python -m multimodal_doubleloop.cli.predict --image img.png --text "..." --model-uri runs:/<run_id>/model --top-k 5
+    python -m multimodal_doubleloop.commands.predict --image img.png --text "what color is the shape?"
+    python -m multimodal_doubleloop.commands.predict --image img.png --text "..." --model-uri runs:/<run_id>/model --top-k 5
 
 Without `--model-uri`, the latest `trained_model`, `tokenizer` and `answer_vocab` in
 the project's catalog go through the `inference` pipeline; with one, that MLflow model
@@ -103,7 +103,7 @@ def format_prediction(row: pd.Series) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m multimodal_doubleloop.cli.predict", description=__doc__.split("\n\n")[0]
+        prog="python -m multimodal_doubleloop.commands.predict", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--image", required=True, type=Path, help="a PNG or JPEG file")
     parser.add_argument("--text", required=True, help="the question")
