@@ -120,9 +120,10 @@ def training_inputs(samples, images, tokenized, model_params, training_params, *
     }
 
 
-def run_pipeline(pipeline, inputs: dict):
-    """Run `pipeline` with SequentialRunner on an in-memory catalog; return the catalog
-    holding every dataset, intermediate outputs included (the runner would release them)."""
+def run_pipeline(pipeline, inputs: dict, datasets: dict | None = None):
+    """Run `pipeline` with SequentialRunner on an in-memory catalog (plus `datasets`,
+    real ones by name); return the catalog holding every dataset, intermediate outputs
+    included (the runner would release them)."""
     from kedro.io import DataCatalog, MemoryDataset
     from kedro.runner import SequentialRunner
 
@@ -131,7 +132,9 @@ def run_pipeline(pipeline, inputs: dict):
             pass
 
     catalog = DataCatalog({k: KeptDataset(v, copy_mode="assign") for k, v in inputs.items()})
-    for name in pipeline.datasets() - set(inputs):
+    for name, dataset in (datasets or {}).items():
+        catalog[name] = dataset
+    for name in pipeline.datasets() - set(inputs) - set(datasets or {}):
         catalog[name] = KeptDataset(copy_mode="assign")
     SequentialRunner().run(pipeline, catalog)
     return catalog
@@ -178,3 +181,22 @@ def trained_project(tmp_path_factory):
         model_uri=f"runs:/{run.info.run_id}/model",
         model_dir=Path(urlparse(model.artifact_location).path),  # MLmodel, artifacts/, examples
     )
+
+
+@pytest.fixture
+def train_setup(samples, images, tokenized, model_params):
+    """(tiny model config, train split, image store) for tests that drive the loop."""
+    from tokenizers import Tokenizer
+
+    from multimodal_doubleloop.data.batching import encoded_split
+    from multimodal_doubleloop.data.images import image_store
+    from multimodal_doubleloop.models import resolve_model_config
+
+    config = resolve_model_config(
+        model_params,
+        Tokenizer.from_str(tokenized["tokenizer"]).get_vocab_size(),
+        16,
+        len(tokenized["answer_vocab"]),
+    )
+    split = encoded_split(samples, tokenized["encoded_texts"], images["image_ids"], tokenized["answer_vocab"], "train")
+    return config, split, image_store(images)

@@ -2,7 +2,6 @@ import json
 import shutil
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 import pytest
@@ -10,93 +9,131 @@ from conftest import run_pipeline, training_inputs
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from multimodal_doubleloop.io import JSONFolderDataset
 from multimodal_doubleloop.pipelines import controller_study, training
-from multimodal_doubleloop.pipelines.controller_study.nodes import StudyConfig, study_verdict
+from multimodal_doubleloop.pipelines.controller_study.nodes import (
+    question_only_baseline,
+    study_verdict,
+)
 from multimodal_doubleloop.pipelines.training.nodes import plot_controller_decisions
 
 
-def test_controller_study_on_memory_catalog(samples, images, tokenized, model_params, training_params):
+def _study_run(samples, images, tokenized, model_params, training_params, tasks_params, folder, **study):
     study = {
         "base_lrs": [1e-4, 1e-2],
-        "methods": ["fixed", "hypergradient", "double_loop"],
+        "methods": ["fixed", "calibrated", "double_loop", "prodigy"],
         "model_preset": "tiny",
         "training": {"max_steps": 4, "warmup_steps": 1, "images_per_batch": 4, "checkpoint_every": 0,
-                     "resume": False, "log_every": 1},
-        "controller": {"every": 2, "measure_every": 1, "meta_lr": 0.05},
+                     "resume": False, "log_every": 1, "eval_every": 2, "eval_images": 3},
+        "controller": {"every": 2, "measure_every": 1, "meta_lr": 0.05, "target_update_ratio": 0.01},
         "test_images": 6,
         "seeds": [0, 1],
+        "target_accuracy": 0.2,
+        **study,
     }
     inputs = training_inputs(samples, images, tokenized, model_params, training_params,
-                     **{"params:controller_study": study})
-    catalog = run_pipeline(controller_study.create_pipeline(), inputs)
+                             **{"params:controller_study": study, "params:tasks": tasks_params})
+    cells = {name: JSONFolderDataset(str(folder)) for name in ("controller_study_done", "controller_study_cells")}
+    return run_pipeline(controller_study.create_pipeline(), inputs, cells)
+
+
+def test_controller_study_trains_pairs_and_judges_every_cell(
+    samples, images, tokenized, model_params, training_params, tasks_params, tmp_path
+):
+    pytest.importorskip("prodigyopt")
+    catalog = _study_run(samples, images, tokenized, model_params, training_params, tasks_params, tmp_path)
+    methods = ["fixed", "calibrated", "double_loop", "prodigy"]
     table = catalog.load("controller_study_table")
     assert list(table[["method", "base_lr"]].itertuples(index=False, name=None)) == [
-        (m, lr) for lr in (1e-4, 1e-2) for m in ("fixed", "hypergradient", "double_loop")
+        (m, lr) for lr in (1e-4, 1e-2) for m in methods
     ]
-    assert table["test_accuracy"].between(0, 1).all() and (table["steps"] == 4).all()
-    # One row per cell: the mean over its seeds, beside each seed's accuracy.
-    assert (table["seeds"] == 2).all()
+    assert table["test_accuracy"].between(0, 1).all() and (table["steps"] == 4).all() and (table["seeds"] == 2).all()
     per_seed = table[["test_accuracy_seed0", "test_accuracy_seed1"]]
     assert table["test_accuracy"].tolist() == pytest.approx(per_seed.mean(axis=1).tolist())
-    assert (table["test_accuracy_min"] == per_seed.min(axis=1)).all()
-    assert table["test_questions"].nunique() == 1 and table["test_questions"].iloc[0] < 100
-    assert isinstance(catalog.load("controller_study_plot"), plt.Figure)
+    cells = catalog.load("controller_study_cells")  # one JSON per cell, on disk
+    assert set(cells) == {f"{m}_lr{lr:g}_seed{s}" for m in methods for lr in (1e-4, 1e-2) for s in (0, 1)}
+    assert len(list(tmp_path.glob("*.json"))) == 16
+    for cell in cells.values():  # time to target from the validation checks every 2 steps
+        checks = [p["step"] for p in cell["curves"]["val_accuracy"]]
+        assert checks == [2, 4]
+        reached = [p["step"] for p in cell["curves"]["val_accuracy"] if p["value"] >= 0.2]
+        assert cell["censored"] == (not reached) and cell["steps_to_target"] == (reached[0] if reached else 4)
+    # Prodigy's LR is a multiplier on its estimate: base LR 1e-2 runs it at 10x
+    assert cells["prodigy_lr0.01_seed0"]["training"]["lr"] == pytest.approx(10.0)
+    assert cells["prodigy_lr0.01_seed0"]["training"]["optimizer"] == "prodigy"
+    # paired seeds: every method starts from the same weights and batches at one seed
+    first = {(c["method"], c["seed"]): c["curves"]["step_loss"][0] for c in cells.values() if c["base_lr"] == 1e-2}
+    for seed in (0, 1):
+        assert first["fixed", seed] == first["calibrated", seed] == first["double_loop", seed]
+    assert first["fixed", 0] != first["fixed", 1]
+    baseline = catalog.load("controller_study_baseline")
+    assert 0 < baseline["question_only_accuracy"] <= 1
     verdict = catalog.load("controller_study_verdict")
+    assert verdict["question_only_baseline"] == baseline["question_only_accuracy"]
     fixed = table[table["method"] == "fixed"]
     assert verdict["best_fixed"]["test_accuracy"] == pytest.approx(fixed["test_accuracy"].max())
-    for method in ("hypergradient", "double_loop"):
-        worst = table.loc[table["method"] == method, "test_accuracy"].min()
-        assert verdict["methods"][method]["gap_to_best_fixed"] == pytest.approx(worst - fixed["test_accuracy"].max())
+    loop = verdict["methods"]["double_loop"]
+    assert loop["pairs"] == 2 and set(verdict["goal"]) == {
+        "within_1_point_of_best_fixed", "at_least_every_peer_worst", "time_to_target_within_1_5x"}
+    assert set(verdict["double_loop_vs_calibrated"]["per_base_lr"]) == {"0.0001", "0.01"}
     runs = catalog.load("controller_study_runs")
-    assert set(runs) == {
-        f"{m}_lr{lr:g}_seed{s}" for lr in (1e-4, 1e-2) for m in ("fixed", "hypergradient", "double_loop") for s in (0, 1)
-    }
-    adaptive = runs["double_loop_lr0.01_seed1"]
-    assert adaptive["tags"] == {"study": "controller_study", "method": "double_loop", "base_lr": 1e-2, "seed": 1}
-    assert [p["step"] for p in adaptive["metrics"]["controller/lr_scale/heads"]] == [2]
-    assert not any(k.startswith("controller/") for k in runs["fixed_lr0.01_seed0"]["metrics"])
-    # Same seed, same data: the fixed and adaptive cells agree until the first decision;
-    # another seed trains on other batches from other weights.
-    cells = catalog.load("controller_study_cells")
-    losses = {(c["method"], c["seed"]): c["curves"]["step_loss"] for c in cells if c["base_lr"] == 1e-2}
-    for seed in (0, 1):
-        assert losses["fixed", seed][:2] == losses["hypergradient", seed][:2] == losses["double_loop", seed][:2]
-    assert losses["fixed", 0][0] != losses["fixed", 1][0]
+    assert set(runs) == set(cells)
+    assert runs["double_loop_lr0.01_seed1"]["tags"] == {
+        "study": "controller_study", "method": "double_loop", "base_lr": 1e-2, "seed": 1}
+
+    # A rerun skips what is done; a new part trains only its own cells, and the summary merges all.
+    again = _study_run(samples, images, tokenized, model_params, training_params, tasks_params, tmp_path)
+    assert again.load("controller_study_part")["trained"] == [] and again.load("controller_study_runs") == {}
+    assert len(again.load("controller_study_table")) == 8
+    part = _study_run(samples, images, tokenized, model_params, training_params, tasks_params, tmp_path,
+                      methods="fixed+hypergradient")
+    assert part.load("controller_study_part")["trained"] == sorted(
+        f"hypergradient_lr{lr:g}_seed{s}" for lr in (1e-4, 1e-2) for s in (0, 1))
+    assert set(part.load("controller_study_table")["method"]) == {*methods, "hypergradient"}
+    # Other settings are another study: its cells train anew and the old ones are left out.
+    other = _study_run(samples, images, tokenized, model_params, training_params, tasks_params, tmp_path,
+                       methods=["fixed"], test_images=4)
+    assert len(other.load("controller_study_part")["trained"]) == 4
+    assert set(other.load("controller_study_table")["method"]) == {"fixed"}
 
 
-def test_study_verdict_compares_worst_adaptive_cell_with_best_fixed_cell():
-    table = pd.DataFrame(
-        {
-            "method": ["fixed", "fixed", "double_loop", "double_loop", "hypergradient", "hypergradient"],
-            "base_lr": [1e-4, 1e-3, 1e-4, 1e-3, 1e-4, 1e-3],
-            "test_accuracy": [0.60, 0.73, 0.725, 0.75, 0.70, 0.74],
-            "test_accuracy_std": [0.01, 0.03, 0.04, 0.02, 0.0, 0.0],
-            "seeds": [4, 4, 4, 4, 4, 4],
-        }
-    )
-    verdict = study_verdict(table)
-    assert verdict["best_fixed"] == {"base_lr": 1e-3, "test_accuracy": 0.73, "standard_error": pytest.approx(0.015)}
-    loop, hyper = verdict["methods"]["double_loop"], verdict["methods"]["hypergradient"]
-    assert loop["worst_base_lr"] == 1e-4 and loop["gap_to_best_fixed"] == pytest.approx(-0.005)
-    assert loop["gap_standard_error"] == pytest.approx((0.02**2 + 0.015**2) ** 0.5)
-    assert loop["meets_goal"] and not hyper["meets_goal"]  # -0.5 point passes, -3 points does not
-    assert verdict["run_noise_std"] == pytest.approx(((0.01**2 + 0.03**2 + 0.04**2 + 0.02**2) / 6) ** 0.5)
-    # Without fixed cells (a study of one method) there is nothing to compare with.
-    alone = study_verdict(table[table["method"] != "fixed"])
+def test_study_verdict_pairs_seeds():
+    rows = []
+    for seed, noise in enumerate([0.0, 0.02, -0.02]):
+        for method, lr, acc, steps in [
+            ("fixed", 1e-4, 0.80, 400), ("fixed", 1e-3, 0.96, 200), ("double_loop", 1e-4, 0.955, 280),
+            ("double_loop", 1e-3, 0.97, 150), ("calibrated", 1e-4, 0.95, 300), ("calibrated", 1e-3, 0.96, 150),
+            ("prodigy", 1e-4, 0.90, 400), ("prodigy", 1e-3, 0.94, 250),
+        ]:
+            rows.append({"method": method, "base_lr": lr, "seed": seed, "test_accuracy": acc + noise,
+                         "steps_to_target": steps, "censored": method == "prodigy" and lr == 1e-4})
+    verdict = study_verdict(pd.DataFrame(rows), {"question_only_accuracy": 0.67})
+    assert verdict["best_fixed"]["base_lr"] == 1e-3
+    loop = verdict["methods"]["double_loop"]
+    # the seed noise is shared by both cells of a pair: the paired gap has no spread
+    assert loop["worst_base_lr"] == 1e-4 and loop["paired_gap_to_best_fixed"] == pytest.approx(-0.005)
+    assert loop["paired_gap_standard_error"] == pytest.approx(0.0, abs=1e-12) and loop["pairs"] == 3
+    assert loop["time_to_target_ratio"] == pytest.approx(1.4)
+    assert verdict["goal"] == {"within_1_point_of_best_fixed": True, "at_least_every_peer_worst": True,
+                               "time_to_target_within_1_5x": True}
+    assert verdict["methods"]["prodigy"]["time_to_target_censored"]
+    assert verdict["double_loop_vs_calibrated"]["mean_gap"] == pytest.approx((0.005 + 0.01) / 2)
+    assert verdict["lowest_cell_above_baseline"] == pytest.approx(0.80 - 0.67)
+    alone = study_verdict(pd.DataFrame([r for r in rows if r["method"] != "fixed"]))
     assert alone["best_fixed"] is None and alone["methods"] == {}
 
 
-def test_study_config_fails_loudly():
-    with pytest.raises(ValueError, match="use a subset of"):
-        StudyConfig(methods=["fixed", "adam"])
-    with pytest.raises(ValueError, match=r"sets \['lr'\]"):
-        StudyConfig(training={"lr": 1e-3})
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['base_lr'\]"):
-        StudyConfig.from_dict({"base_lr": [1e-3]})
-    with pytest.raises(ValueError, match=r"sets \['seed'\]"):
-        StudyConfig(training={"seed": 3})
-    with pytest.raises(ValueError, match="distinct seeds"):
-        StudyConfig(seeds=[1, 1])
+def test_question_only_baseline_answers_from_the_question_string():
+    samples = pd.DataFrame({
+        "split": ["train"] * 5 + ["test"] * 4,
+        "image_id": ["a", "a", "b", "c", "c", "t1", "t1", "t2", "t3"],
+        "text": ["is it red?", "what shape?", "is it red?", "is it red?", "what shape?",
+                 "is it red?", "what shape?", "what shape?", "never seen?"],
+        "answer": ["yes", "circle", "no", "yes", "circle", "yes", "square", "circle", "yes"],
+    })
+    baseline = question_only_baseline(samples, {"test_images": 2})
+    assert baseline["question_only_accuracy"] == pytest.approx(2 / 3)  # t1: yes (right), circle (wrong); t2: right
+    assert baseline["question_only_accuracy_full_test"] == pytest.approx(3 / 4)  # unseen: commonest answer, yes
 
 
 def test_training_pipeline_reports_controller_decisions(
@@ -134,8 +171,9 @@ def test_kedro_run_controller_study_logs_one_nested_run_per_cell(tmp_path, monke
     bootstrap_project(tmp_path)
     study = {
         "base_lrs": [1e-3, 1e-2],
+        "methods": ["fixed", "hypergradient", "double_loop"],
         "model_preset": "tiny",
-        "training": {"max_steps": 4, "warmup_steps": 1, "images_per_batch": 4},
+        "training": {"max_steps": 4, "warmup_steps": 1, "images_per_batch": 4, "eval_every": 2, "eval_images": 4},
         "controller": {"every": 2, "measure_every": 1},
         "test_images": 4,
         "seeds": [0],
@@ -147,7 +185,9 @@ def test_kedro_run_controller_study_logs_one_nested_run_per_cell(tmp_path, monke
         assert len(table) == 6 and {"method", "base_lr", "test_accuracy"} <= set(table.columns)
         assert (tmp_path / "data/08_reporting/controller_study.png").stat().st_size > 1000
         verdict = json.loads((tmp_path / "data/08_reporting/controller_study_verdict.json").read_text())
-        assert set(verdict["methods"]) == {"hypergradient", "double_loop"} and verdict["run_noise_std"] is None
+        assert set(verdict["methods"]) == {"hypergradient", "double_loop"} and verdict["seeds"] == 1
+        assert verdict["question_only_baseline"] > 0  # the bar, computed by the pipeline
+        assert len(list((tmp_path / "data/07_model_output/controller_study_cells").glob("*.json"))) == 6
         mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
         runs = mlflow.search_runs(experiment_names=["multimodal_doubleloop"], output_format="list")
         parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multimodal_doubleloop.data.batching import encoded_split
-from multimodal_doubleloop.data.images import image_store
-from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
+from multimodal_doubleloop.models import ModelConfig, build_model
 from multimodal_doubleloop.tasks import TaskSet
 from multimodal_doubleloop.training.checkpoint import CheckpointError, list_checkpoints
 from multimodal_doubleloop.training.config import TrainConfig
@@ -59,20 +57,6 @@ class StopAt:
         pass
 
 
-@pytest.fixture
-def setup(samples, images, tokenized, model_params):
-    from tokenizers import Tokenizer
-
-    config = resolve_model_config(
-        model_params,
-        Tokenizer.from_str(tokenized["tokenizer"]).get_vocab_size(),
-        16,
-        len(tokenized["answer_vocab"]),
-    )
-    split = encoded_split(samples, tokenized["encoded_texts"], images["image_ids"], tokenized["answer_vocab"], "train")
-    return config, split, image_store(images)
-
-
 def _run(config, split, store, cfg, adapter=None):
     torch.manual_seed(123)  # model init; train() seeds the rest from cfg.seed
     model = build_model(ModelConfig.from_dict(config))
@@ -80,8 +64,8 @@ def _run(config, split, store, cfg, adapter=None):
     return model, state
 
 
-def test_interrupted_run_resumes_to_identical_weights(setup, training_params, tmp_path):
-    config, split, store = setup
+def test_interrupted_run_resumes_to_identical_weights(train_setup, training_params, tmp_path):
+    config, split, store = train_setup
     params = {**training_params, "epochs": 2, "checkpoint_every": 2, "label_smoothing": 0.1}
     reference, ref_state = _run(config, split, store, TrainConfig.from_dict({**params, "checkpoint_dir": str(tmp_path / "a")}))
 
@@ -97,8 +81,8 @@ def test_interrupted_run_resumes_to_identical_weights(setup, training_params, tm
         assert torch.equal(a, b), name  # bit-identical on CPU
 
 
-def test_checkpoint_from_other_config_is_refused(setup, training_params, tmp_path):
-    config, split, store = setup
+def test_checkpoint_from_other_config_is_refused(train_setup, training_params, tmp_path):
+    config, split, store = train_setup
     cfg = TrainConfig.from_dict({**training_params, "epochs": 1})
     _run(config, split, store, cfg)
     other = TrainConfig.from_dict({**training_params, "epochs": 1, "lr": 0.01})
@@ -106,10 +90,10 @@ def test_checkpoint_from_other_config_is_refused(setup, training_params, tmp_pat
         _run(config, split, store, other)
 
 
-def test_max_steps_inside_an_epoch_then_more_steps_continues_that_epoch(setup, training_params, tmp_path):
+def test_max_steps_inside_an_epoch_then_more_steps_continues_that_epoch(train_setup, training_params, tmp_path):
     """A run stopped by max_steps mid-epoch, rerun with a larger budget, finishes the
     same epoch (no batch skipped) instead of starting the next one."""
-    config, split, store = setup
+    config, split, store = train_setup
     params = {**training_params, "epochs": 2, "checkpoint_every": 100, "checkpoint_dir": str(tmp_path / "c")}
     _, ref_state = _run(config, split, store, TrainConfig.from_dict({**params, "checkpoint_dir": str(tmp_path / "ref")}))
     per_epoch = ref_state.history[0]["step"]

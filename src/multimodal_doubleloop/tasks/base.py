@@ -32,6 +32,10 @@ class TaskLoss:
     terms: dict[str, torch.Tensor]  # named loss terms; the loss is their sum
     count: int  # units scored (rows or images)
     hits: torch.Tensor | int  # of which correct (a device tensor: read it only when logging)
+    # The sum of the tasks' own losses, detached: >= 0 whatever the weighting (an
+    # uncertainty-weighted total can be negative). What the outer loop reads. None = the
+    # sum of `terms`.
+    objective: torch.Tensor | None = None
 
 
 @dataclass

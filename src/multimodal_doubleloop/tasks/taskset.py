@@ -113,7 +113,8 @@ class TaskSet:
         else:
             terms = {f"{name}.{k}": v for name, r in results.items() for k, v in r.terms.items()}
         primary = results[self.primary.name]
-        return TaskLoss(terms, primary.count, primary.hits)
+        objective = sum(total(r.terms).detach().float() for r in results.values())
+        return TaskLoss(terms, primary.count, primary.hits, objective)
 
     def describe(self) -> dict:
         """The settings that shape training (task order, definitions, weighting)."""

@@ -37,6 +37,8 @@ RESUMABLE_DIFFERENCES = {
     "training.checkpoint_dir",
     "training.device",
     "training.compile",
+    "training.eval_every",
+    "training.eval_images",
 }
 
 

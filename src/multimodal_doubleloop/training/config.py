@@ -8,10 +8,15 @@ from ..config import build
 from .controller import ControllerConfig
 from .precision import PRECISIONS
 
+OPTIMIZERS = ("adamw", "prodigy", "schedulefree_adamw", "dadapt_adam", "mechanic_adamw")
+
 
 @dataclass
 class TrainConfig:
     epochs: int = 6
+    # adamw, or a learning-rate-free peer from the `study` extra (training/optim.py); for
+    # prodigy, dadapt_adam and mechanic_adamw `lr` multiplies their own estimate (1.0)
+    optimizer: str = "adamw"
     images_per_batch: int = 16  # image-major: all texts of these images form a batch
     grad_accum_steps: int = 1
     lr: float = 2e-3
@@ -31,6 +36,10 @@ class TrainConfig:
     resume: bool = True  # continue from the newest checkpoint in checkpoint_dir
     max_steps: int = 0  # stop after this many optimiser steps (0 = run all epochs)
     log_every: int = 50
+    # Validate on the first `eval_images` validation images (0 = all) every `eval_every`
+    # optimiser steps (0 = at epoch ends only): `TrainState.val_log`, time to a target.
+    eval_every: int = 0
+    eval_images: int = 0
     progress_bar: bool = True
     group_lr: dict[str, float] = field(default_factory=dict)  # e.g. {"heads": 2.0}
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
@@ -59,6 +68,8 @@ class TrainConfig:
             "max_steps": self.max_steps >= 0,
             "max_bad_steps": self.max_bad_steps >= 1,
             "world_size": self.world_size >= 1,
+            "eval_every": self.eval_every >= 0,
+            "eval_images": self.eval_images >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -67,6 +78,14 @@ class TrainConfig:
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"training.precision={self.precision!r}: use one of {PRECISIONS}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"training.optimizer={self.optimizer!r}: use one of {OPTIMIZERS}")
+        if self.optimizer != "adamw" and (self.controller.method != "fixed" or self.group_lr):
+            raise ValueError(
+                f"training.optimizer={self.optimizer!r} runs with training.controller.method: fixed "
+                "and no training.group_lr (the outer loop reads AdamW's state, and Prodigy and "
+                "D-Adaptation refuse groups with different learning rates)"
+            )
 
     @classmethod
     def from_dict(cls, params: dict) -> TrainConfig:

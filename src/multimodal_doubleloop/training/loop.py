@@ -30,7 +30,13 @@ from .checkpoint import resume_run, save_run
 from .config import TrainConfig
 from .controller import Adapter
 from .evaluate import evaluate
-from .optim import add_loss_weights, make_optimizer, optimizer_step, set_learning_rates
+from .optim import (
+    add_loss_weights,
+    eval_weights,
+    make_optimizer,
+    optimizer_step,
+    set_learning_rates,
+)
 from .precision import resolve_device, resolve_precision
 from .state import NonFiniteLossError, RunningStats, TrainState
 
@@ -79,6 +85,7 @@ class Run:
     images: object  # image store of training (augmented when configured)
     val_images: object  # image store of validation (never augmented)
     meta_split: EncodedSplit | None  # the adapter's held-out batch (Adapter.validation_images)
+    eval_split: EncodedSplit | None  # validated every `eval_every` steps (TrainState.val_log)
     running: RunningStats
     bar: tqdm | None = None
     adapter_scales: tuple | None = None  # the adapter's (LR, WD) scales at its last decision
@@ -144,6 +151,8 @@ def train(
         if not _end_epoch(run, state, row):
             break
     run.bar.close()
+    if hasattr(run.optimizer, "eval"):  # schedule-free: the model keeps the averaged iterate
+        run.optimizer.eval()
     return state
 
 
@@ -186,6 +195,9 @@ def _setup(model, train_split, val_split, images, cfg, run_config, tasks, adapte
         train_split=train_split, val_split=val_split, images=images,
         val_images=images if val_images is None else val_images,
         meta_split=_meta_split(adapter, val_split), running=RunningStats(device),
+        eval_split=(
+            first_images(val_split, cfg.eval_images) if cfg.eval_images else val_split
+        ) if cfg.eval_every and val_split is not None and len(val_split) else None,
     )
 
 
@@ -210,12 +222,12 @@ def train_one_epoch(run: Run, state: TrainState) -> dict:
     micro = 0
     run.optimizer.zero_grad(set_to_none=True)
     for batch in batch_stream(run.train_split, run.images, run.sampler, cfg.num_workers):
-        loss_value = _forward_backward(run, state, to_device(batch, run.device), clock)
+        loss_value, objective = _forward_backward(run, state, to_device(batch, run.device), clock)
         micro += 1
         if micro < cfg.grad_accum_steps and state.batch_in_epoch != len(run.sampler):
             continue
         micro = 0
-        base_lr = _update(run, state, loss_value)
+        base_lr = _update(run, state, loss_value, objective)
         if base_lr is None:  # the adapter stopped the run
             break
         _after_update(run, state, loss_value, base_lr, clock)
@@ -225,27 +237,29 @@ def train_one_epoch(run: Run, state: TrainState) -> dict:
     return _epoch_row(run, state, clock)
 
 
-def _forward_backward(run: Run, state: TrainState, batch: dict, clock: _Clock) -> torch.Tensor:
+def _forward_backward(run: Run, state: TrainState, batch: dict, clock: _Clock) -> tuple:
     """Loss and backward of one micro-batch; returns its loss as one process logs it
-    (a device scalar: the global batch's loss under DDP)."""
+    and its objective (the tasks' own losses, what the adapter reads), device scalars
+    (the global batch's under DDP)."""
     with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype != torch.float32):
         result = run.step_module(batch)
         loss = total(result.terms)
     weight, loss_value = 1.0, loss.detach().float()
+    objective = loss_value if result.objective is None else result.objective
     if run.ctx.world_size > 1:  # DDP averages ranks; weight them by their share of the samples
-        counts = torch.stack([loss_value.new_tensor(result.count), loss_value * result.count])
-        sums = distributed.all_reduce_sum(counts)
+        n = loss_value.new_tensor(result.count)
+        sums = distributed.all_reduce_sum(torch.stack([n, loss_value * n, objective * n]))
         weight = result.count * run.ctx.world_size / sums[0]
-        loss_value = sums[1] / sums[0]
+        loss_value, objective = sums[1] / sums[0], sums[2] / sums[0]
     run.scaler.scale(loss * weight / run.cfg.grad_accum_steps).backward()
     state.batch_in_epoch += 1
     clock.seen += result.count
     state.epoch_seen += result.count
     run.running.add(loss_value * result.count, result.hits)
-    return loss_value
+    return loss_value, objective
 
 
-def _update(run: Run, state: TrainState, loss_value: torch.Tensor) -> float | None:
+def _update(run: Run, state: TrainState, loss_value: torch.Tensor, objective: torch.Tensor) -> float | None:
     """Clip, consult the adapter, step the optimiser (a non-finite step is skipped on
     the device); returns the schedule's base LR, or None when the adapter stopped the
     run (this batch's gradient was the window's last measurement; no update)."""
@@ -270,7 +284,7 @@ def _update(run: Run, state: TrainState, loss_value: torch.Tensor) -> float | No
     state.step += 1
     if run.adapter is not None:
         stats = {
-            "loss": loss_value,
+            "loss": objective,  # >= 0 for every task weighting (the weighted total need not be)
             "accuracy": run.running.accuracy(state),
             "finite": finite,
             "progress": state.step / run.total_steps,
@@ -285,7 +299,7 @@ def _consult_adapter(run: Run, state: TrainState) -> tuple[dict, dict]:
     rank 0 at its decision steps only (and its stop request with them)."""
     adapter = run.adapter
     if run.meta_split is not None and adapter.wants_validation(state.step):
-        held_out = evaluate(run.model, run.meta_split, run.val_images, run.cfg, run.tasks)
+        held_out = _evaluate(run, run.meta_split)
         adapter.observe_validation(held_out["loss"])
     adapter.before_step(state.step, run.optimizer)
     if run.adapter_scales is None or adapter.decides_at(state.step):
@@ -310,8 +324,16 @@ def _after_update(run: Run, state: TrainState, loss_value, base_lr: float, clock
         run.bar.set_postfix(loss=f"{run.running.last_loss:.4f}", qps=f"{clock.rate():.0f}")
         if state.step % cfg.log_every == 0:
             state.step_log.append({"step": state.step, "loss": run.running.last_loss, "lr": base_lr})
+    if run.eval_split is not None and state.step % cfg.eval_every == 0 and run.ctx.is_main:
+        val = _evaluate(run, run.eval_split)
+        state.val_log.append({"step": state.step, "val_loss": val["loss"], "val_accuracy": val["accuracy"]})
     if checkpoint_now:
         run.checkpoint(state)
+
+
+def _evaluate(run: Run, split: EncodedSplit) -> dict:
+    with eval_weights(run.optimizer):
+        return evaluate(run.model, split, run.val_images, run.cfg, run.tasks)
 
 
 def _epoch_row(run: Run, state: TrainState, clock: _Clock) -> dict:
@@ -324,7 +346,7 @@ def _epoch_row(run: Run, state: TrainState, clock: _Clock) -> dict:
         "questions_per_s": clock.rate(),
     }
     if run.val_split is not None and len(run.val_split) and run.ctx.is_main:
-        val = evaluate(run.model, run.val_split, run.val_images, run.cfg, run.tasks)
+        val = _evaluate(run, run.val_split)
         row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
     if run.stop:
         row["early_stop"] = 1.0

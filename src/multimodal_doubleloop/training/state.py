@@ -26,6 +26,7 @@ class TrainState:
     stopped_early_at: int = 0  # the step at which the adapter ended the run (0 = it did not)
     history: list[dict] = field(default_factory=list)  # one row per epoch
     step_log: list[dict] = field(default_factory=list)  # one row per log_every steps
+    val_log: list[dict] = field(default_factory=list)  # one row per eval_every steps
 
 
 class NonFiniteLossError(RuntimeError):

@@ -145,15 +145,21 @@ def test_tiny_lr_is_raised_by_hypergradient_descent():
     assert all(s > 2.0 for s in adapter.scales().values())
 
 
+@pytest.mark.parametrize("calibrated", [False, True])
 @pytest.mark.parametrize("poison", ["gradient", "loss"])
 @pytest.mark.parametrize("method", ["hypergradient", "double_loop"])
-def test_non_finite_statistics_give_scale_one(method, poison):
-    cfg = ControllerConfig(method=method, every=4, measure_every=1, hypergradient_lr=0.2, meta_lr=0.2)
+def test_non_finite_statistics_hold_the_anchor(method, poison, calibrated):
+    """A genuinely non-finite window falls back to the anchor: the calibrated scales
+    (scale 1 only without calibration), never to the uncorrected base LR."""
+    cfg = ControllerConfig(method=method, every=4, measure_every=1, hypergradient_lr=0.2, meta_lr=0.2,
+                           target_update_ratio=0.01 if calibrated else 0.0, max_log_scale=math.log(1e4))
     model = Tiny()
     opt = _optimizer(model, lr=1e-5)
     adapter = build_adapter(cfg, ["vision", "heads"], warmup_steps=0)
     _drive(adapter, model, opt, steps=21, lr=1e-5)  # the decision at step 20 moves the scales
-    assert any(abs(s - 1.0) > 1e-3 for s in adapter.scales().values())
+    anchor = {g: math.exp(float(a)) for g, a in zip(["vision", "heads"], adapter.anchor, strict=True)}
+    assert any(abs(s - anchor[g]) > 1e-3 for g, s in adapter.scales().items())
+    assert (min(anchor.values()) > 10) == calibrated  # 1e-5 is far too small: calibration raises it
     for step in (21, 22, 23):
         opt.zero_grad()
         _loss(model, step).backward()
@@ -168,9 +174,75 @@ def test_non_finite_statistics_give_scale_one(method, poison):
     opt.zero_grad()
     _loss(model, 24).backward()
     adapter.before_step(24, opt)  # window end after the bad step
-    assert adapter.scales() == {"vision": 1.0, "heads": 1.0}
+    assert adapter.scales() == pytest.approx(anchor, rel=1e-12)
     assert adapter.weight_decay_scales() == {"vision": 1.0, "heads": 1.0}
     assert adapter.trace[-1]["fallback"] == 1.0
+
+
+@pytest.mark.parametrize("loss", [0.0, 1e-12])
+def test_a_loss_of_zero_is_a_statistic_not_a_fallback(loss):
+    cfg = ControllerConfig(method="double_loop", every=4, measure_every=1)
+    model = Tiny()
+    opt = _optimizer(model)
+    adapter = build_adapter(cfg, ["vision", "heads"], warmup_steps=0)
+    for step in range(13):
+        opt.zero_grad()
+        _loss(model, step).backward()
+        adapter.before_step(step, opt)
+        opt.step()
+        adapter.observe(step + 1, {"loss": loss, "accuracy": 1.0, "finite": True}, opt)
+    assert [r["fallback"] for r in adapter.trace] == [0.0, 0.0, 0.0]
+    assert all(math.isfinite(r["meta_log_loss"]) for r in adapter.trace)
+
+
+def test_calibrated_only_calibrates_then_never_moves():
+    cfg = ControllerConfig(method="calibrated", every=4, measure_every=2, target_update_ratio=0.01,
+                           max_log_scale=math.log(1e4))
+    model = Tiny()
+    opt = _optimizer(model, lr=1e-5)
+    adapter = build_adapter(cfg, ["vision", "heads"], warmup_steps=0)
+    _drive(adapter, model, opt, steps=25, lr=1e-5)
+    first = {k: v for k, v in adapter.trace[0].items() if k.startswith("lr_scale/")}
+    assert adapter.calibrated and all(v > 10 for v in first.values())
+    assert all({k: r[k] for k in first} == first for r in adapter.trace)
+    with pytest.raises(ValueError, match="target_update_ratio"):
+        ControllerConfig(method="calibrated")
+
+
+class _NegativeTotal(TaskSet):
+    """Answer classification whose weighted total is shifted by -10 (as an
+    uncertainty-weighted total turns negative once the tasks' losses are small): the
+    objective the controller reads stays the task's own loss."""
+
+    def step(self, model, batch):
+        result = super().step(model, batch)
+        terms = {**result.terms, "offset": result.terms["ce"].new_tensor(-10.0)}
+        return type(result)(terms, result.count, result.hits, result.objective)
+
+
+def test_a_negative_weighted_total_is_no_fallback(samples, images, tokenized, model_params, tmp_path):
+    from multimodal_doubleloop.models import resolve_model_config
+    from multimodal_doubleloop.tasks.classification import ClassificationTask
+    from multimodal_doubleloop.tasks.config import TaskConfig
+
+    config = resolve_model_config(model_params, 200, 16, len(tokenized["answer_vocab"]))
+    split = encoded_split(samples, tokenized["encoded_texts"], images["image_ids"], tokenized["answer_vocab"], "train")
+    cfg = TrainConfig(
+        epochs=3, images_per_batch=2, lr=1e-5, warmup_steps=2, checkpoint_dir=str(tmp_path), checkpoint_every=0,
+        progress_bar=False, log_every=1,
+        controller={"method": "double_loop", "every": 4, "measure_every": 2, "target_update_ratio": 0.01,
+                    "max_log_scale": 6.9, "max_log_step": 0.35},
+    )
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_dict(config))
+    adapter = build_adapter(cfg.controller, list(model.parameter_groups()), cfg.warmup_steps)
+    tasks = _NegativeTotal([ClassificationTask("answer", TaskConfig(), [])])
+    state = train(model, split, None, image_store(images), cfg, {}, tasks, adapter)
+    assert max(r["loss"] for r in state.step_log) < 0  # the loss the loop logs is the weighted total
+    windows = [r for r in adapter.trace if r["step"] % 4 == 0]
+    assert len(windows) >= 5 and not any(r["fallback"] for r in adapter.trace)
+    assert all(math.isfinite(r["meta_log_loss"]) and r["meta_log_loss"] > 0 for r in windows[1:])
+    assert all(r["lr_scale/vision"] > 10 for r in adapter.trace)  # the calibrated LR is kept throughout
 
 
 def test_frozen_during_warmup():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -21,6 +22,51 @@ from ...training.fit import fit_any  # noqa: E402
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class Prepared:
+    """What a run trains from: config, tasks, the model config, splits with targets."""
+
+    train_cfg: TrainConfig
+    tasks: TaskSet
+    model_config: dict
+    splits: dict  # train, val (EncodedSplit with every task's targets)
+    run_config: dict  # every parameter of the run (stored with checkpoints)
+
+
+def prepare_training(
+    samples: pd.DataFrame,
+    encoded_texts: dict,
+    image_ids: list,
+    answer_vocab: list[str],
+    tokenizer: str,
+    model_params: dict,
+    training_params: dict,
+    tasks_params: dict | None,
+    splits: tuple[str, ...] = ("train", "val"),
+) -> Prepared:
+    """Configs, task set, model config and encoded splits of a run (shared by the
+    train node and the controller study, so both train the same thing)."""
+    train_cfg = TrainConfig.from_dict(training_params)
+    tok = Tokenizer.from_str(tokenizer)
+    tasks = TaskSet.build(
+        TasksConfig.from_dict(tasks_params), samples, TaskContext(answer_vocab, special_ids(tok), train_cfg.label_smoothing)
+    )
+    model_config = resolve_model_config(
+        model_params, tok.get_vocab_size(), encoded_texts["input_ids"].shape[1], heads=tasks.head_configs
+    )
+    encoded = {
+        s: tasks.attach_targets(encoded_split(samples, encoded_texts, image_ids, answer_vocab, s), samples, s)
+        for s in splits
+    }
+    run_config = {
+        "model": model_config,
+        "training": train_cfg.to_dict(),
+        "tasks": tasks.describe(),  # resuming under other task settings is refused
+        "data": {"train_samples": len(encoded["train"]), "tokenizer_sha256": fingerprint(tokenizer)},
+    }
+    return Prepared(train_cfg, tasks, model_config, encoded, run_config)
+
+
 def train_model(
     samples: pd.DataFrame,
     images: dict,
@@ -34,38 +80,20 @@ def train_model(
     """Returns the trained model (config + weights), MLflow metric histories (with
     the controller's decisions as `controller/...` when it is on) and the per-epoch
     history table."""
-    train_cfg = TrainConfig.from_dict(training_params)
-    vocab_size = Tokenizer.from_str(tokenizer).get_vocab_size()
-    context = TaskContext(answer_vocab, special_ids(Tokenizer.from_str(tokenizer)), train_cfg.label_smoothing)
-    tasks = TaskSet.build(TasksConfig.from_dict(tasks_params), samples, context)
-    model_config = resolve_model_config(
-        model_params, vocab_size, encoded_texts["input_ids"].shape[1], heads=tasks.head_configs
+    run = prepare_training(
+        samples, encoded_texts, images["image_ids"], answer_vocab, tokenizer, model_params, training_params, tasks_params
     )
-    splits = {
-        s: tasks.attach_targets(
-            encoded_split(samples, encoded_texts, images["image_ids"], answer_vocab, s), samples, s
-        )
-        for s in ("train", "val")
-    }
-    run_config = {
-        "model": model_config,
-        "training": train_cfg.to_dict(),
-        "tasks": tasks.describe(),  # resuming under other task settings is refused
-        "data": {
-            "train_samples": len(splits["train"]),
-            "tokenizer_sha256": fingerprint(tokenizer),
-        },
-    }
-    weights, state, trace = fit_any(model_config, splits, images, train_cfg, run_config, tasks)
+    weights, state, trace = fit_any(run.model_config, run.splits, images, run.train_cfg, run.run_config, run.tasks)
     curves = {
         key: [{"step": row["epoch"], "value": float(row[key])} for row in state.history if key in row]
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "questions_per_s")
     }
     curves["step_loss"] = [{"step": r["step"], "value": r["loss"]} for r in state.step_log]
     curves["lr"] = [{"step": r["step"], "value": r["lr"]} for r in state.step_log]
+    curves["step_val_accuracy"] = [{"step": r["step"], "value": r["val_accuracy"]} for r in state.val_log]
     curves.update(trace)
     # labels: class names per head, the one source evaluation and serving read them from
-    trained = {"config": model_config, "state_dict": weights, "labels": tasks.labels()}
+    trained = {"config": run.model_config, "state_dict": weights, "labels": run.tasks.labels()}
     return trained, {k: v for k, v in curves.items() if v}, state.history
 
 

@@ -17,8 +17,11 @@ off into the LR the target asks for, before a too-large LR has done harm or a
 too-small one has wasted the warm-up. The calibrated scales are the anchor (scale 1
 without calibration).
 
-Both make no learned decision during warm-up (calibration is a measurement, not a
-decision), fall back to scale 1 for a window whose statistics are not finite, do
+`CalibratedOnly` (method `calibrated`) is the calibration alone, with no moves after
+it: the null hypothesis the other two must beat.
+
+All make no learned decision during warm-up (calibration is a measurement, not a
+decision), hold the anchor for a window whose statistics are not finite, do
 their host work once per window, and keep everything that decides the next scales
 in their dataclass fields, which checkpoint themselves (`state.py`: exact resume).
 """
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import math
 
-from .adapters import Adapter, HypergradientDescent, ScaleAdapter
+from .adapters import Adapter, CalibratedOnly, HypergradientDescent, ScaleAdapter
 from .config import METHODS, ControllerConfig
 from .double_loop import DoubleLoopController
 
@@ -36,6 +39,8 @@ def build_adapter(cfg: ControllerConfig, groups: list[str], warmup_steps: int) -
     """The adapter for `cfg.method` over the model's parameter groups (None for fixed)."""
     if cfg.method == "fixed":
         return None
+    if cfg.method == "calibrated":
+        return CalibratedOnly(cfg, groups, warmup_steps)
     if cfg.method == "hypergradient":
         return HypergradientDescent(cfg, groups, warmup_steps)
     return DoubleLoopController(cfg, groups, warmup_steps)
@@ -54,6 +59,7 @@ def decision_history(trace: list[dict], prefix: str = "controller/") -> dict[str
 __all__ = [
     "METHODS",
     "Adapter",
+    "CalibratedOnly",
     "ControllerConfig",
     "DoubleLoopController",
     "HypergradientDescent",

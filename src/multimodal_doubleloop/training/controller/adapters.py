@@ -154,10 +154,12 @@ class ScaleAdapter(Stateful):
         if step == 0 or not (window_end or (self._calibrates_at(step) and not self.calibrated)):
             return
         stats, ok = self.window.close()
-        if not ok:
-            self.a.zero_()
-            self.b.zero_()
-            logger.warning("%s: non-finite statistics at step %d, scales reset to 1", self.method, step)
+        if not ok:  # hold the calibrated scales: scale 1 would be the uncorrected base LR
+            self.a, self.b = self.anchor.clone(), torch.zeros_like(self.b)
+            logger.warning(
+                "%s: non-finite statistics at step %d, LR scales back to the anchor %s", self.method, step,
+                {g: round(v, 4) for g, v in _as_dict(self.groups, self.a).items()},
+            )
         elif self.cfg.target_update_ratio and not self.calibrated:  # a failed calibration retries at the next window end
             self._calibrate(step, stats)
         if window_end:
@@ -206,3 +208,15 @@ class HypergradientDescent(ScaleAdapter):
         self.trace.append(trace_row(step, self.groups, self.a, self.b, stats, fallback=not ok))
 
 
+
+
+@dataclass(eq=False)
+class CalibratedOnly(ScaleAdapter):
+    """The calibration alone: one common LR factor at the first measured step, then no
+    outer-loop moves. The null hypothesis for the other adapters (does anything after
+    the calibration earn its keep?)."""
+
+    method: ClassVar[str] = "calibrated"
+
+    def _window_end(self, step: int, stats: dict, ok: bool) -> None:
+        self.trace.append(trace_row(step, self.groups, self.a, self.b, stats, fallback=not ok))

@@ -7,12 +7,12 @@ from dataclasses import asdict, dataclass
 
 from ...config import build
 
-METHODS = ("fixed", "hypergradient", "double_loop")
+METHODS = ("fixed", "calibrated", "hypergradient", "double_loop")
 
 
 @dataclass
 class ControllerConfig:
-    method: str = "fixed"  # fixed | hypergradient | double_loop
+    method: str = "fixed"  # fixed | calibrated | hypergradient | double_loop
     every: int = 100  # inner steps per outer-loop decision (fewer at CPU scale)
     # Measure the hypergradient on every k-th step only: an unbiased subsample of the
     # window. One measurement costs about an optimiser step of memory traffic, ~8% of
@@ -81,6 +81,8 @@ class ControllerConfig:
             "early_stop_patience": self.early_stop_patience >= 0,
             "early_stop_min_delta": math.isfinite(self.early_stop_min_delta),
         }
+        if self.method == "calibrated" and not self.target_update_ratio:
+            checks["target_update_ratio"] = False  # `calibrated` is the calibration alone
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(

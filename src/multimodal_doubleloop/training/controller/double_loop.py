@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .adapters import ScaleAdapter, trace_row
+from .window import log_loss
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class DoubleLoopController(ScaleAdapter):
         return self.cfg.meta_images > 0 and step > 0 and step % self.cfg.every == 0
 
     def observe_validation(self, loss: float) -> None:
-        self.val_log_loss = math.log(loss) if loss > 0 and math.isfinite(loss) else float("nan")
+        self.val_log_loss = log_loss(loss) if math.isfinite(loss) and loss >= 0 else float("nan")
 
     def stop_requested(self) -> bool:
         patience = self.cfg.early_stop_patience
@@ -114,7 +115,7 @@ class DoubleLoopController(ScaleAdapter):
 
     def _meta_log_loss(self) -> float:
         """The log loss the meta head forecasts, at this window end."""
-        return self.val_log_loss if self.cfg.meta_images else math.log(self.window.loss)
+        return self.val_log_loss if self.cfg.meta_images else log_loss(self.window.loss)
 
     def _window_end(self, step: int, stats: dict, ok: bool) -> None:
         forecast = float("nan")
@@ -142,11 +143,11 @@ class DoubleLoopController(ScaleAdapter):
 
     def _features(self, stats: dict) -> torch.Tensor:
         n = len(self.groups)
-        log_loss = math.log(self.window.loss)
-        slope = 0.0 if math.isnan(self.last_log_loss) else log_loss - self.last_log_loss
+        current = log_loss(self.window.loss)
+        slope = 0.0 if math.isnan(self.last_log_loss) else current - self.last_log_loss
         raw = torch.stack(
             [
-                torch.full((n,), log_loss, dtype=torch.float64),
+                torch.full((n,), current, dtype=torch.float64),
                 torch.full((n,), slope, dtype=torch.float64),
                 torch.full((n,), self.window.accuracy, dtype=torch.float64),
                 stats["log_grad_norm"],
@@ -193,7 +194,7 @@ class DoubleLoopController(ScaleAdapter):
         """Learn from the window, then choose the next scales; returns the meta head's
         forecast (NaN while frozen)."""
         x = self._features(stats)  # normalisers learn during warm-up too
-        log_loss = math.log(self.window.loss)
+        current = log_loss(self.window.loss)
         forecast = float("nan")
         if not frozen:
             meta_log_loss = self._meta_log_loss()
@@ -210,7 +211,7 @@ class DoubleLoopController(ScaleAdapter):
             self.hc = hc
             self.a, self.b = (v.clone() for v in self._bounded(out, self.prev))
             self._watch_plateau(forecast)
-        self.last_log_loss = log_loss
+        self.last_log_loss = current
         return forecast
 
     def _watch_plateau(self, forecast: float) -> None:

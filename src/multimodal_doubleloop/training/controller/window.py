@@ -11,6 +11,14 @@ from .config import ControllerConfig
 from .hypergradient import HypergradientMeter
 from .state import CONFIG, Stateful
 
+# Losses the controller takes the log of are floored here: a loss of exactly 0 (a task
+# learnt perfectly) is a well-defined statistic, not a non-finite window.
+LOSS_FLOOR = 1e-8
+
+
+def log_loss(loss: float) -> float:
+    return math.log(max(loss, LOSS_FLOOR))
+
 
 def _nan() -> torch.Tensor:
     return torch.tensor(float("nan"), dtype=torch.float64)
@@ -40,10 +48,12 @@ class WindowStats(Stateful):
         return cls(cfg, HypergradientMeter(groups))
 
     def observe(self, stats: dict) -> None:
-        """Fold one step in, on the device (no host sync)."""
+        """Fold one step in, on the device (no host sync). `stats["loss"]` is the step's
+        objective, the sum of the tasks' own losses (>= 0 whatever the weighting: an
+        uncertainty-weighted total can be negative and is not what the controller reads)."""
         loss = torch.as_tensor(stats["loss"]).double()
         acc = torch.as_tensor(stats["accuracy"]).double()
-        good = torch.as_tensor(stats["finite"]) & torch.isfinite(loss) & (loss > 0)
+        good = torch.as_tensor(stats["finite"]) & torch.isfinite(loss) & (loss >= 0)
         self.progress = float(stats.get("progress", self.progress))
         self.lr_factor = float(stats.get("lr_factor", float("nan")))
         self.ok = self.ok.to(good.device) & good
