@@ -1,8 +1,8 @@
 """Project settings."""
 
-from multimodal_doubleloop.io.hooks import MlflowVersionedArtifactHooks
+from multimodal_doubleloop.io.hooks import MlflowVersionedArtifactHooks, ParameterCheckHooks
 
-HOOKS = (MlflowVersionedArtifactHooks(),)
+HOOKS = (ParameterCheckHooks(), MlflowVersionedArtifactHooks())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -71,7 +71,7 @@ def _assert_same_run(tmp: Path, reference) -> None:
 def test_sigkill_mid_epoch_then_rerun_matches_uninterrupted(tmp_path, reference):
     proc = _start(tmp_path / "ck", tmp_path / "out.pt")
     # kill once the 2nd checkpoint (step 4, mid first epoch) is complete
-    _wait_for(lambda: len(list_checkpoints(tmp_path / "ck")) >= 1 and (tmp_path / "ck" / "step_00000004.json").exists())
+    _wait_for(lambda: bool(list((tmp_path / "ck").glob("*/step_00000004.json"))))  # ck/<configuration>/
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "out.pt").exists()
@@ -83,12 +83,13 @@ def test_sigkill_mid_epoch_then_rerun_matches_uninterrupted(tmp_path, reference)
 def test_sigkill_during_checkpoint_write_keeps_previous(tmp_path, reference):
     ck = tmp_path / "ck"
     proc = _start(ck, tmp_path / "out.pt", "6")  # fsync of step 6's checkpoint hangs
-    _wait_for(lambda: (ck / ".step_00000006.pt.tmp").exists())
+    _wait_for(lambda: bool(list(ck.glob("*/.step_00000006.pt.tmp"))))
     time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert [p.name for p in list_checkpoints(ck)][-1] == "step_00000004.pt"
-    payload, meta = load_latest(ck)
+    (run,) = [p for p in ck.iterdir() if p.is_dir()]  # ck/<configuration digest>/
+    assert [p.name for p in list_checkpoints(run)][-1] == "step_00000004.pt"
+    payload, meta = load_latest(run)
     assert meta["step"] == 4
     _finish(_start(ck, tmp_path / "out.pt"))
     _assert_same_run(tmp_path, reference)

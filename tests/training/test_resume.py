@@ -7,7 +7,7 @@ import torch
 
 from multimodal_doubleloop.models import ModelConfig, build_model
 from multimodal_doubleloop.tasks import TaskSet
-from multimodal_doubleloop.training.checkpoint import CheckpointError, list_checkpoints
+from multimodal_doubleloop.training.checkpoint import list_checkpoints, run_directory
 from multimodal_doubleloop.training.config import TrainConfig
 from multimodal_doubleloop.training.loop import train
 
@@ -72,7 +72,7 @@ def test_interrupted_run_resumes_to_identical_weights(train_setup, training_para
     cfg = TrainConfig.from_dict({**params, "checkpoint_dir": str(tmp_path / "b")})
     with pytest.raises(Interrupt):
         _run(config, split, store, cfg, adapter=StopAt(ref_state.step - 3))  # mid second epoch
-    assert list_checkpoints(cfg.checkpoint_dir)  # something to resume from
+    assert list_checkpoints(run_directory(cfg.checkpoint_dir, {"model": config, "training": cfg.to_dict()}))
     resumed, state = _run(config, split, store, cfg)
 
     assert state.step == ref_state.step
@@ -81,13 +81,24 @@ def test_interrupted_run_resumes_to_identical_weights(train_setup, training_para
         assert torch.equal(a, b), name  # bit-identical on CPU
 
 
-def test_checkpoint_from_other_config_is_refused(train_setup, training_params, tmp_path):
+def test_another_configuration_starts_fresh_and_the_first_still_resumes(train_setup, training_params, tmp_path, caplog):
+    """Switching parameters (or data) needs no clean-up: each configuration has its own
+    folder of checkpoints, and only the newest `keep_configs` are kept."""
     config, split, store = train_setup
-    cfg = TrainConfig.from_dict({**training_params, "epochs": 1})
-    _run(config, split, store, cfg)
-    other = TrainConfig.from_dict({**training_params, "epochs": 1, "lr": 0.01})
-    with pytest.raises(CheckpointError, match=r"differing keys: \['training.lr'\]"):
-        _run(config, split, store, other)
+    base = {**training_params, "epochs": 1, "checkpoint_dir": str(tmp_path), "keep_configs": 2}
+    _, first = _run(config, split, store, TrainConfig.from_dict(base))
+    with caplog.at_level("INFO", logger="multimodal_doubleloop.training.checkpoint"):
+        _, other = _run(config, split, store, TrainConfig.from_dict({**base, "lr": 0.01}))
+    assert other.step == first.step and "starting fresh" in caplog.text and "1 other configuration" in caplog.text
+    assert len([p for p in tmp_path.iterdir() if list_checkpoints(p)]) == 2
+    caplog.clear()
+    with caplog.at_level("INFO", logger="multimodal_doubleloop.training.checkpoint"):
+        _, again = _run(config, split, store, TrainConfig.from_dict({**base, "epochs": 2}))  # epochs may change
+    assert "Resumed from checkpoint at step" in caplog.text and again.step == 2 * first.step
+    assert again.history[0] == first.history[0]  # the first epoch came from the checkpoint
+    _run(config, split, store, TrainConfig.from_dict({**base, "lr": 0.02}))  # a third: the oldest goes
+    assert len([p for p in tmp_path.iterdir() if list_checkpoints(p)]) == 2
+    assert run_directory(tmp_path, {"model": config, "training": TrainConfig.from_dict(base).to_dict()}).exists()
 
 
 def test_max_steps_inside_an_epoch_then_more_steps_continues_that_epoch(train_setup, training_params, tmp_path):

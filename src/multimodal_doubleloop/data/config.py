@@ -18,7 +18,9 @@ class IngestionConfig:
     source: str = "easy_vqa"  # easy_vqa | coco_captions | image_folder
     val_fraction: float = 0.05  # share of training *images* held out, with all their texts
     seed: int = 0  # of the validation split
-    image_size: int = 64  # images are resized to image_size x image_size
+    # images are resized to image_size x image_size; 0 = the model preset's
+    # vision.image_size (one source of truth: `--params model.preset=seed` decodes at 224)
+    image_size: int = 0
     in_memory_images: bool = True  # decode all once (small data); false = lazily in workers
     max_images_per_split: int | None = None  # keep the first N images of each split (quick runs)
     on_bad_input: str = "error"  # error | quarantine: what malformed records do (data.quality)
@@ -38,7 +40,7 @@ class IngestionConfig:
             raise ValueError(f"ingestion.verify_images={self.verify_images!r}: use one of {VERIFY_MODES}")
         bad = {
             "val_fraction": not 0 <= self.val_fraction < 1,
-            "image_size": self.image_size < 1,
+            "image_size": self.image_size < 0,
             "max_images_per_split": self.max_images_per_split is not None and self.max_images_per_split < 1,
         }
         if any(bad.values()):

@@ -1,4 +1,5 @@
-"""Project hooks: log versioned catalog files to the active MLflow run.
+"""Project hooks: check every parameter before anything runs; log versioned catalog
+files to the active MLflow run.
 
 kedro-mlflow's `MlflowArtifactDataset` cannot wrap a *versioned* dataset under
 Kedro 1.x lazy catalogs (the wrapper gets its own save version and the catalog
@@ -36,3 +37,15 @@ class MlflowVersionedArtifactHooks:
         path = Path(str(dataset._get_versioned_path(dataset.resolve_save_version())))
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
         logger.info("Logged %s to MLflow as %s/%s", path, artifact_path, path.name)
+
+
+class ParameterCheckHooks:
+    """Build every stage's config from the parameters (`--params` included) as soon as
+    the Kedro context exists: a wrong key or value fails in seconds, naming the key,
+    before the first node runs."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        from ..pipelines.parameters import check_parameters
+
+        check_parameters(context.params)

@@ -1,7 +1,11 @@
 """Resume checkpoints: written atomically, loaded without unpickling code; resume.
 
 The one place training writes files itself (mid-run state is not a catalog
-artifact). Each checkpoint is `step_<N>.pt` (tensors, `torch.load(weights_only=True)`)
+artifact). Each training configuration has its own folder,
+`<training.checkpoint_dir>/<digest>/` (`run_directory`), so a run with other data or
+parameters starts fresh beside the others instead of refusing to start, and a rerun
+of the same configuration resumes; only the newest `training.keep_configs` folders
+are kept. Each checkpoint is `step_<N>.pt` (tensors, `torch.load(weights_only=True)`)
 plus `step_<N>.json` (metadata with the payload's SHA-256), both renamed into place
 after an fsync, so a kill mid-write leaves the previous checkpoint intact.
 """
@@ -32,6 +36,7 @@ RESUMABLE_DIFFERENCES = {
     "training.log_every",
     "training.checkpoint_every",
     "training.keep_last",
+    "training.keep_configs",
     "training.num_workers",
     "training.resume",
     "training.checkpoint_dir",
@@ -160,6 +165,47 @@ def _config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
         elif a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b or [])):
             diffs.append(path)
     return diffs
+
+
+def config_digest(run_config: dict) -> str:
+    """A run configuration's identity: everything but the keys a resume may change."""
+    def prune(value: dict, prefix: str = "") -> dict:
+        return {
+            k: prune(v, f"{prefix}{k}.") if isinstance(v, dict) else v
+            for k, v in value.items()
+            if f"{prefix}{k}" not in RESUMABLE_DIFFERENCES
+        }
+
+    text = json.dumps(prune(run_config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_directory(root: str | Path, run_config: dict) -> Path:
+    """`root/<config digest>`: the checkpoints of this configuration."""
+    return Path(root) / config_digest(run_config)
+
+
+def prune_configurations(root: str | Path, keep: int, current: Path) -> None:
+    """Delete all but the `keep` most recently written configuration folders under
+    `root` (never `current`)."""
+    root = Path(root)
+    folders = [p for p in root.iterdir() if p.is_dir() and list_checkpoints(p)] if root.is_dir() else []
+    folders.sort(key=lambda p: max(f.stat().st_mtime for f in p.glob("*.json")), reverse=True)
+    for old in [p for p in folders if p != current][max(keep - 1, 0):]:
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+        logger.info("Pruned the checkpoints of an older configuration: %s", old)
+
+
+def describe_start(root: str | Path, directory: Path) -> None:
+    """Log why a run starts fresh: no checkpoint of its configuration yet."""
+    others = sorted(p.name for p in Path(root).iterdir() if p.is_dir() and p != directory and list_checkpoints(p)) \
+        if Path(root).is_dir() else []
+    logger.info(
+        "No checkpoint of this configuration (%s) yet: starting fresh%s", directory.name,
+        f"; {len(others)} other configuration(s) in {root} are left as they are: {others}" if others else "",
+    )
 
 
 def save_run(directory, run_config: dict, state: TrainState, parts: dict, keep_last: int, best: bool = False) -> None:

@@ -30,10 +30,11 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto = fp32 on CPU, bf16 (fp16 + GradScaler if no bf16) on CUDA
     num_workers: int = 0  # DataLoader workers; 0 = build batches in-process (in-memory images)
-    checkpoint_dir: str = "data/06_models/checkpoints"
+    checkpoint_dir: str = "data/06_models/checkpoints"  # one folder per configuration inside
+    keep_configs: int = 3  # configuration folders kept (the newest; the running one always)
     checkpoint_every: int = 200  # optimiser steps between resume checkpoints; 0 = never
     keep_last: int = 2
-    resume: bool = True  # continue from the newest checkpoint in checkpoint_dir
+    resume: bool = True  # continue from the newest checkpoint of this configuration
     max_steps: int = 0  # stop after this many optimiser steps (0 = run all epochs)
     log_every: int = 50
     # Validate on the first `eval_images` validation images (0 = all) every `eval_every`
@@ -65,6 +66,7 @@ class TrainConfig:
             "num_workers": self.num_workers >= 0,
             "checkpoint_every": self.checkpoint_every >= 0,
             "keep_last": self.keep_last >= 1,
+            "keep_configs": self.keep_configs >= 1,
             "max_steps": self.max_steps >= 0,
             "max_bad_steps": self.max_bad_steps >= 1,
             "world_size": self.world_size >= 1,

@@ -15,6 +15,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from ..data.batching import EncodedSplit, ImageMajorBatches, batch_stream, first
 from ..models.losses import total
 from ..tasks import TaskSet
 from . import distributed
-from .checkpoint import resume_run, save_run
+from .checkpoint import describe_start, prune_configurations, resume_run, run_directory, save_run
 from .config import TrainConfig
 from .controller import Adapter
 from .evaluate import evaluate
@@ -69,6 +70,7 @@ class Run:
 
     cfg: TrainConfig
     run_config: dict  # every parameter of the run, stored with each checkpoint
+    checkpoint_dir: Path  # this configuration's folder under cfg.checkpoint_dir
     ctx: distributed.Context
     device: torch.device
     dtype: torch.dtype
@@ -103,7 +105,10 @@ class Run:
 
     def checkpoint(self, state: TrainState, best: bool = False) -> None:
         if self.ctx.is_main:  # rank 0 alone writes
-            save_run(self.cfg.checkpoint_dir, self.run_config, state, self.parts(), self.cfg.keep_last, best)
+            if not self.checkpoint_dir.exists():  # the first checkpoint of this configuration
+                self.checkpoint_dir.mkdir(parents=True)
+                prune_configurations(self.cfg.checkpoint_dir, self.cfg.keep_configs, self.checkpoint_dir)
+            save_run(self.checkpoint_dir, self.run_config, state, self.parts(), self.cfg.keep_last, best)
 
 
 @dataclass
@@ -128,14 +133,16 @@ def train(
 ) -> TrainState:
     """Train `model` in place and return the final `TrainState` (with history).
 
-    Resumes from the newest checkpoint in `cfg.checkpoint_dir` when `cfg.resume`;
-    `run_config` (all parameters of the run) is stored with each checkpoint and a
-    checkpoint made with a different one is refused, naming the differing keys.
+    Resumes from the newest checkpoint of this configuration when `cfg.resume`:
+    `run_config` (all parameters of the run) decides the folder,
+    `<cfg.checkpoint_dir>/<digest>/`, so another configuration starts fresh in its own.
     `tasks` supplies the loss and the accuracy; `val_images` (default `images`) is the
     image store for validation, i.e. one without augmentation.
     """
     run = _setup(model, train_split, val_split, images, cfg, run_config, tasks, adapter, val_images)
-    state = resume_run(cfg.checkpoint_dir, run_config, run.parts()) if cfg.resume else None
+    state = resume_run(run.checkpoint_dir, run_config, run.parts()) if cfg.resume else None
+    if state is None and run.ctx.is_main:
+        describe_start(cfg.checkpoint_dir, run.checkpoint_dir)
     state = state or TrainState()
     run.bar = tqdm(
         total=run.total_steps,
@@ -188,7 +195,8 @@ def _setup(model, train_split, val_split, images, cfg, run_config, tasks, adapte
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     return Run(
-        cfg=cfg, run_config=run_config, ctx=ctx, device=device, dtype=dtype, model=model,
+        cfg=cfg, run_config=run_config, checkpoint_dir=run_directory(cfg.checkpoint_dir, run_config),
+        ctx=ctx, device=device, dtype=dtype, model=model,
         tasks=tasks, adapter=adapter, optimizer=optimizer,
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         sampler=sampler, step_module=step_module, total_steps=total_steps,

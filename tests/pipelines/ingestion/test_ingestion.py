@@ -1,6 +1,6 @@
 import pandas as pd
 import pytest
-from conftest import run_pipeline
+from conftest import TINY_MODEL, run_pipeline
 
 from multimodal_doubleloop.data.schema import CANONICAL_COLUMNS, SchemaError, validate_table
 from multimodal_doubleloop.pipelines.ingestion import create_pipeline
@@ -52,6 +52,6 @@ def test_validate_table_names_the_problem(samples):
 
 
 def test_ingestion_pipeline_on_memory_catalog(ingestion_params, tasks_params):
-    catalog = run_pipeline(create_pipeline(), {"params:ingestion": ingestion_params, "params:tasks": tasks_params})
+    catalog = run_pipeline(create_pipeline(), {"params:ingestion": ingestion_params, "params:tasks": tasks_params, "params:model": TINY_MODEL})
     samples, images = catalog.load("samples"), catalog.load("images")
     assert len(samples) > 0 and len(images["image_ids"]) == samples["image_id"].nunique()

@@ -13,6 +13,7 @@ from ...data.schema import validate_table
 from ...data.sources import easy_vqa
 from ...data.sources.coco_captions import read_coco_captions
 from ...data.sources.image_folder import read_image_folder
+from ...models import VisionConfig
 from ...tasks import TasksConfig, select_rows
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,31 @@ def ingest_samples(params: dict, tasks_params: dict | None = None) -> pd.DataFra
     return ingest(params, tasks_params)[0]
 
 
-def decode_images(samples: pd.DataFrame, params: dict) -> dict:
-    """Unique images of the table; pixels decoded in memory when configured."""
+def decode_images(samples: pd.DataFrame, params: dict, model_params: dict | None = None) -> dict:
+    """Unique images of the table; pixels decoded in memory when configured, at
+    `ingestion.image_size`, or (0) at the chosen model preset's `vision.image_size`."""
     cfg = IngestionConfig.from_dict(params)
-    return build_image_index(samples, cfg.image_size, cfg.in_memory_images, cfg.augment)
+    return build_image_index(samples, image_size(cfg, model_params), cfg.in_memory_images, cfg.augment)
+
+
+def image_size(cfg: IngestionConfig, model_params: dict | None) -> int:
+    """The one image size of a run: the model preset's, unless ingestion sets one (which
+    must then agree with it)."""
+    preset = model_vision_size(model_params) if model_params is not None else None
+    if cfg.image_size and preset is not None and cfg.image_size != preset:
+        raise ValueError(
+            f"ingestion.image_size={cfg.image_size} but model preset {model_params['preset']!r} reads "
+            f"{preset}x{preset} images; set ingestion.image_size: 0 (the preset's size) or {preset}"
+        )
+    size = cfg.image_size or preset
+    if not size:
+        raise ValueError("ingestion.image_size is 0 (the model's) but no model parameters were given")
+    return size
+
+
+def model_vision_size(model_params: dict) -> int:
+    """`vision.image_size` of the chosen preset (the model's default when it sets none)."""
+    preset = model_params["presets"].get(model_params["preset"])
+    if preset is None:
+        raise ValueError(f"model.preset={model_params['preset']!r} is not in model.presets {sorted(model_params['presets'])}")
+    return int((preset.get("vision") or {}).get("image_size", VisionConfig().image_size))

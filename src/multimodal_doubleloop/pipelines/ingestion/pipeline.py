@@ -12,6 +12,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["samples", "quarantine", "quarantine_summary"],
                 name="ingest_samples",
             ),
-            Node(decode_images, ["samples", "params:ingestion"], "images", name="decode_images"),
+            Node(decode_images, ["samples", "params:ingestion", "params:model"], "images", name="decode_images"),
         ]
     )

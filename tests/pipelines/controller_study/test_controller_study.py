@@ -161,7 +161,7 @@ def test_decisions_plot_accepts_one_point_histories_and_no_controller():
 def test_kedro_run_controller_study_logs_one_nested_run_per_cell(tmp_path, monkeypatch):
     """`kedro run --pipeline=controller_study --env test` on a slice of real easy-VQA,
     in a copy of the project's conf with its own MLflow store."""
-    project = Path(__file__).resolve().parents[2]
+    project = Path(__file__).resolve().parents[3]
     shutil.copytree(project / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("local"))
     (tmp_path / "conf" / "local").mkdir()
     shutil.copy(project / "pyproject.toml", tmp_path / "pyproject.toml")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import run_pipeline
+from conftest import TINY_MODEL, run_pipeline
 from kedro.pipeline import Pipeline
 from layouts import make_coco, make_image_folder
 
@@ -101,7 +101,7 @@ def test_quarantined_records_leave_the_run_and_land_in_the_report(
         "image_folder": {"root": str(root)},
     }
     catalog = run_pipeline(
-        ingestion.create_pipeline(), {"params:ingestion": ingestion_params, "params:tasks": tasks_params}
+        ingestion.create_pipeline(), {"params:ingestion": ingestion_params, "params:tasks": tasks_params, "params:model": TINY_MODEL}
     )
     report = catalog.load("quarantine")
     assert list(report["reason"]) == ["unreadable_image"] and report["image_path"][0].endswith("broken.png")
@@ -110,5 +110,5 @@ def test_quarantined_records_leave_the_run_and_land_in_the_report(
     with pytest.raises(Exception, match="unreadable_image: 1"):
         run_pipeline(
             ingestion.create_pipeline(),
-            {"params:ingestion": {**ingestion_params, "on_bad_input": "error"}, "params:tasks": tasks_params},
+            {"params:ingestion": {**ingestion_params, "on_bad_input": "error"}, "params:tasks": tasks_params, "params:model": TINY_MODEL},
         )
