@@ -25,3 +25,16 @@ def test_tasks_config_checks_names_fields_and_types():
         TaskConfig("multilabel")
 
 
+
+
+def test_an_empty_params_value_means_no_zero_shot_column():
+    """`--params tasks.definitions.retrieval.zero_shot=` arrives as None: no zero-shot metric."""
+    cfg = TasksConfig.from_dict(
+        {"active": ["retrieval"], "definitions": {"retrieval": {"type": "contrastive", "zero_shot": None}}}
+    )
+    assert cfg.definitions["retrieval"].zero_shot == "" and cfg.required_columns() == set()
+
+
+def test_unknown_task_type_lists_the_registry():
+    with pytest.raises(ValueError, match=r"task type 'ranking': use one of \('classification', 'multilabel'"):
+        TaskConfig("ranking")
