@@ -34,6 +34,7 @@ from .evaluate import evaluate
 from .optim import (
     add_loss_weights,
     eval_weights,
+    has_eval_mode,
     make_optimizer,
     optimizer_step,
     set_learning_rates,
@@ -158,7 +159,7 @@ def train(
         if not _end_epoch(run, state, row):
             break
     run.bar.close()
-    if hasattr(run.optimizer, "eval"):  # schedule-free: the model keeps the averaged iterate
+    if has_eval_mode(run.optimizer):  # schedule-free: the model keeps the averaged iterate
         run.optimizer.eval()
     return state
 

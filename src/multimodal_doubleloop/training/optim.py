@@ -32,8 +32,7 @@ from torch import nn
 from .config import TrainConfig
 from .schedule import lr_at
 
-# The peers: (module, class) of the real package, and whether training.lr is a
-# multiplier on the method's own estimate.
+# The peers: (module, class or factory) of the real package.
 PEERS = {
     "prodigy": ("prodigyopt", "Prodigy"),
     "schedulefree_adamw": ("schedulefree", "AdamWScheduleFree"),
@@ -162,11 +161,16 @@ def optimizer_step(optimizer, scaler: torch.amp.GradScaler, finite: torch.Tensor
         del optimizer.grad_scale, optimizer.found_inf
 
 
+def has_eval_mode(optimizer) -> bool:
+    """Whether the optimiser keeps a separate iterate to evaluate (schedule-free)."""
+    return hasattr(optimizer, "eval") and hasattr(optimizer, "train")
+
+
 @contextlib.contextmanager
 def eval_weights(optimizer):
     """The weights to evaluate: a schedule-free optimiser's averaged iterate, inside
     this block (its `eval()`/`train()` swap); anything else's as they are."""
-    swap = hasattr(optimizer, "eval") and hasattr(optimizer, "train")
+    swap = has_eval_mode(optimizer)
     if swap:
         optimizer.eval()
     try:
