@@ -80,6 +80,9 @@ def _peak_mb() -> float:
 
 def measure(root: str, vocab_size: int, max_length: int) -> dict:
     """Ingest and tokenize `root` in this process; seconds per stage and peak RSS."""
+    from kedro_datasets.partitions import PartitionedDataset
+
+    from multimodal_doubleloop.io import ImageRootDataset
     from multimodal_doubleloop.pipelines.ingestion.nodes import ingest
     from multimodal_doubleloop.pipelines.tokenization.nodes import encode_texts, fit_tokenizer
 
@@ -88,7 +91,7 @@ def measure(root: str, vocab_size: int, max_length: int) -> dict:
         "val_fraction": 0.05,
         "in_memory_images": False,
         "verify_images": "none",  # no image files exist: this measures the annotations path
-        "coco_captions": {"root": root, "splits": {"train": "train2017"}},
+        "coco_captions": {"splits": {"train": "train2017"}},
     }
     tasks = {"active": ["caption"], "definitions": {"caption": {"type": "caption"}}}
     tokenization = {"vocab_size": vocab_size, "min_frequency": 2, "max_length": max_length}
@@ -96,7 +99,11 @@ def measure(root: str, vocab_size: int, max_length: int) -> dict:
     cpu_start = _cpu_seconds()
     start = time.perf_counter()
     peaks = {"imports": _peak_mb()}
-    samples, quarantine, _ = ingest(ingestion, tasks)
+    # the raw inputs as the catalog declares them (conf/coco_captions/catalog.yml)
+    annotations = PartitionedDataset(
+        path=f"{root}/annotations", dataset="json.JSONDataset", filename_suffix=".json"
+    ).load()
+    samples, quarantine, _ = ingest(annotations, ImageRootDataset(root).load(), ingestion, tasks)
     ingested, cpu_ingested, peaks["ingest"] = time.perf_counter(), _cpu_seconds(), _peak_mb()
     tokenizer = fit_tokenizer(samples, tokenization)
     fitted, cpu_fitted, peaks["fit_tokenizer"] = time.perf_counter(), _cpu_seconds(), _peak_mb()

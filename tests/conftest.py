@@ -77,17 +77,25 @@ def model_params() -> dict:
 
 
 @pytest.fixture(scope="session")
-def samples(ingestion_params):
-    from multimodal_doubleloop.pipelines.ingestion.nodes import ingest_samples
+def easy_vqa_raw() -> tuple:
+    """(raw_annotations, raw_images) of easy-VQA, loaded through the base catalog's entries."""
+    from layouts import load_raw
 
-    return ingest_samples(ingestion_params)
+    return load_raw("easy_vqa")
 
 
 @pytest.fixture(scope="session")
-def images(samples, ingestion_params):
+def samples(easy_vqa_raw, ingestion_params):
+    from multimodal_doubleloop.pipelines.ingestion.nodes import ingest_samples
+
+    return ingest_samples(*easy_vqa_raw, ingestion_params)
+
+
+@pytest.fixture(scope="session")
+def images(samples, easy_vqa_raw, ingestion_params):
     from multimodal_doubleloop.pipelines.ingestion.nodes import decode_images
 
-    return decode_images(samples, ingestion_params)
+    return decode_images(samples, easy_vqa_raw[1], ingestion_params)
 
 
 @pytest.fixture(scope="session")

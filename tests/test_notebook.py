@@ -12,7 +12,6 @@ pytestmark = pytest.mark.slow
 def test_explore_run_notebook_executes(trained_project, monkeypatch):
     notebooks = trained_project.path / "notebooks"
     monkeypatch.setenv("KEDRO_ENV", "test")  # the kernel inherits the environment
-    monkeypatch.setenv("KEDRO_PROJECT_PATH", str(trained_project.path))
     notebook = nbformat.read(notebooks / "explore_run.ipynb", as_version=4)
     client = NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebooks)}})  # fmt: skip
     client.execute()  # raises CellExecutionError, with the cell and traceback, if a cell fails

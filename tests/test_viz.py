@@ -51,6 +51,9 @@ def test_train_dag_has_every_stage_and_its_edges(viz_build):
         for node in nodes:
             assert kinds.get(node) == "task", node
     flow = [
+        ("raw_annotations", "ingest_samples"),
+        ("raw_images", "ingest_samples"),
+        ("raw_images", "decode_images"),
         ("params:ingestion", "ingest_samples"),
         ("ingest_samples", "samples"),
         ("samples", "decode_images"),
@@ -90,3 +93,21 @@ def test_inference_dag(viz_build):
         ("postprocess_predictions", "predictions"),
     ]:
         assert edge in edges, edge
+
+
+def test_stages_are_namespaces_and_datasets_have_layers(viz_build):
+    """Each stage collapses into one box, and the layers run raw -> reporting in order."""
+    data = json.loads((viz_build / "main").read_text())
+    assert {"ingestion", "tokenization", "training", "evaluation", "packaging"} <= set(data["modular_pipelines"])
+    tasks = {n["name"]: n["modular_pipelines"] for n in data["nodes"] if n["type"] == "task"}
+    assert tasks["ingest_samples"] == ["ingestion"] and tasks["train_model"] == ["training"]
+    layers = {n["name"]: n.get("layer") for n in data["nodes"] if n["type"] == "data"}
+    assert layers["raw_annotations"] == layers["raw_images"] == "raw"
+    assert (layers["samples"], layers["images"], layers["trained_model"], layers["metrics"]) == (
+        "intermediate", "primary", "models", "reporting"
+    )
+    unlayered = sorted(name for name, layer in layers.items() if layer is None)
+    assert not unlayered, unlayered
+    # kedro-viz orders layers only when they form a DAG (it shows none otherwise)
+    order = data["layers"]
+    assert order[0] == "raw" and order[-1] == "reporting" and order.index("primary") < order.index("models")

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from multimodal_doubleloop.commands.predict import run_inference
 from multimodal_doubleloop.data.requests import encode_image_file, request_table
+from multimodal_doubleloop.data.sources.easy_vqa import package_data
 from multimodal_doubleloop.io import TorchModelDataset
 
 pytestmark = pytest.mark.slow
@@ -36,7 +38,7 @@ def _parse(stdout: str) -> tuple[str, list[tuple[str, float]], dict[str, str]]:
 def image_and_expected(trained_project):
     """A test image and the in-process answer of the latest versioned model to it."""
     samples = pd.read_parquet(trained_project.path / "data/02_intermediate/samples.parquet")
-    image = samples.loc[samples["split"] == "test", "image_path"].iloc[0]
+    image = Path(package_data()) / samples.loc[samples["split"] == "test", "image_path"].iloc[0]
     (model_file,) = (trained_project.path / "data/06_models/model.pt").glob("*/model.pt")
     (tokenizer_file,) = (trained_project.path / "data/06_models/tokenizer.json").glob("*/tokenizer.json")
     expected = run_inference(

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
+from multimodal_doubleloop.data.image_root import ImageRoot
 from multimodal_doubleloop.data.sources.easy_vqa import derive, image_attributes, shape_coverage
 
 
@@ -64,7 +65,7 @@ def test_coverage_is_the_shape_area(tmp_path):
     im = Image.new("RGB", (64, 64), (250, 240, 235))
     ImageDraw.Draw(im).rectangle((8, 8, 23, 39), fill=(0, 0, 255))  # 16 x 32 pixels
     im.save(tmp_path / "r.png")
-    assert shape_coverage(str(tmp_path / "r.png")) == pytest.approx(16 * 32 / 64**2)
+    assert shape_coverage(ImageRoot(str(tmp_path)), "r.png") == pytest.approx(16 * 32 / 64**2)
 
 
 def test_caption_rows_only_where_colour_and_shape_are_known(tmp_path):
@@ -75,11 +76,11 @@ def test_caption_rows_only_where_colour_and_shape_are_known(tmp_path):
             ("b", "what color is the shape?", "red", "color"),
         ]
     )
-    out = derive(table, {"color", "shape", "color_shape"}, caption_rows=True)
+    out = derive(table, None, {"color", "shape", "color_shape"}, caption_rows=True)
     captions = out[out.question_type == "caption"]
     assert list(captions["text"]) == ["a blue circle"] and list(captions["image_id"]) == ["a"]
     assert list(out.loc[out.image_id == "b", "color_shape"]) == [""]
-    assert derive(table, set(), caption_rows=False) is table  # nothing asked, nothing done
+    assert derive(table, None, set(), caption_rows=False) is table  # nothing asked, nothing done
 
 
 def test_full_easy_vqa_caption_rows(samples_full_derived):
@@ -90,7 +91,9 @@ def test_full_easy_vqa_caption_rows(samples_full_derived):
 
 
 @pytest.fixture(scope="module")
-def samples_full_derived():
-    from multimodal_doubleloop.data.sources.easy_vqa import read_easy_vqa
+def samples_full_derived(easy_vqa_raw):
+    from multimodal_doubleloop.data.config import IngestionConfig
+    from multimodal_doubleloop.data.sources.easy_vqa import read
 
-    return derive(read_easy_vqa(0.0, 0), {"color_shape"}, caption_rows=True)
+    table, _ = read(*easy_vqa_raw, IngestionConfig.from_dict({"val_fraction": 0.0}))
+    return derive(table, easy_vqa_raw[1], {"color_shape"}, caption_rows=True)

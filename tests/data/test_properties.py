@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from multimodal_doubleloop.data.batching import EncodedSplit, collate
+from multimodal_doubleloop.data.image_root import ImageRoot
 from multimodal_doubleloop.data.images import InMemoryImages, LazyImages, decode_image
 from multimodal_doubleloop.data.tokenizer import PAD_ID, encode, train_tokenizer
 
@@ -42,7 +43,7 @@ def test_decode_any_mode_and_size(tmp_path, mode, width, height, fmt):
         image.save(path, fmt)
     except (OSError, KeyError, ValueError):
         return  # PIL cannot write this mode in this format; nothing to decode
-    pixels = decode_image(str(path), 32)
+    pixels = decode_image(ImageRoot(str(tmp_path)), path.name, 32)
     assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
 
 
@@ -50,7 +51,7 @@ def test_huge_and_tiny_images(tmp_path):
     for size in [(1, 1), (6000, 3)]:
         path = tmp_path / f"{size[0]}x{size[1]}.png"
         Image.new("RGB", size, (10, 200, 30)).save(path)
-        pixels = decode_image(str(path), 16)
+        pixels = decode_image(ImageRoot(str(tmp_path)), path.name, 16)
         assert pixels.shape == (16, 16, 3) and tuple(pixels[0, 0]) == (10, 200, 30)
 
 
@@ -58,9 +59,9 @@ def test_unreadable_and_missing_images_name_the_file(tmp_path):
     bad = tmp_path / "not_an_image.png"
     bad.write_bytes(b"this is text")
     with pytest.raises(ValueError, match="not_an_image.png"):
-        decode_image(str(bad), 16)
+        decode_image(ImageRoot(str(tmp_path)), bad.name, 16)
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        decode_image(str(tmp_path / "missing.png"), 16)
+        decode_image(ImageRoot(str(tmp_path)), "missing.png", 16)
 
 
 @settings(max_examples=50, deadline=None)
@@ -85,7 +86,7 @@ def test_lazy_images_match_in_memory(tmp_path):
     arrays = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     paths = []
     for i, a in enumerate(arrays):
-        paths.append(str(tmp_path / f"{i}.png"))
-        Image.fromarray(a).save(paths[-1])
+        paths.append(f"{i}.png")
+        Image.fromarray(a).save(tmp_path / paths[-1])
     rows = torch.tensor([2, 0])
-    assert torch.equal(LazyImages(paths, 8).get(rows), InMemoryImages(arrays).get(rows))
+    assert torch.equal(LazyImages(ImageRoot(str(tmp_path)), paths, 8).get(rows), InMemoryImages(arrays).get(rows))

@@ -23,9 +23,9 @@ def _image_bytes(fmt: str, size=(40, 30), color=(200, 20, 20)) -> bytes:
     return buf.getvalue()
 
 
-def test_png_file_decodes_exactly_as_training_decodes_it(samples):
-    path = samples["image_path"].iloc[0]
-    assert np.array_equal(decode_base64_image(encode_image_file(path), 64), decode_image(path, 64))
+def test_png_file_decodes_exactly_as_training_decodes_it(samples, easy_vqa_raw):
+    root, path = easy_vqa_raw[1], samples["image_path"].iloc[0]
+    assert np.array_equal(decode_base64_image(encode_image_file(root.path(path)), 64), decode_image(root, path, 64))
 
 
 def test_jpeg_is_resized_to_the_model_size():

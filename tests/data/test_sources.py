@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from layouts import draw, edit_coco, make_coco, make_image_folder
+from layouts import draw, edit_coco, load_raw, make_coco, make_image_folder
 
+from multimodal_doubleloop.data.config import IngestionConfig
+from multimodal_doubleloop.data.image_root import ImageRoot
 from multimodal_doubleloop.data.quality import BadInputError, apply_policy, screen_images, summarise
 from multimodal_doubleloop.data.schema import validate_table
-from multimodal_doubleloop.data.sources.coco_captions import CocoCaptionsConfig, read_coco_captions
-from multimodal_doubleloop.data.sources.image_folder import ImageFolderConfig, read_image_folder
+from multimodal_doubleloop.data.sources import coco_captions, image_folder
+from multimodal_doubleloop.data.sources.coco_captions import CocoCaptionsConfig
 from multimodal_doubleloop.pipelines.ingestion.nodes import ingest
 
 COCO_SPLITS = {"train": "train2017", "test": "val2017"}
 
 
-def coco_params(root, **extra) -> dict:
+def coco_params(**extra) -> dict:
     return {
         "source": "coco_captions",
         "val_fraction": 0.25,
         "in_memory_images": False,
         "image_size": 32,
-        "coco_captions": {"root": str(root), "splits": COCO_SPLITS},
+        "coco_captions": {"splits": COCO_SPLITS},
         **extra,
     }
+
+
+def read_coco(raw_root, val_fraction: float):
+    cfg = IngestionConfig.from_dict(coco_params(val_fraction=val_fraction))
+    return coco_captions.read(*load_raw("coco_captions", raw_root), cfg)
 
 
 def retrieval_tasks(tasks_params: dict) -> dict:
@@ -33,8 +40,8 @@ def retrieval_tasks(tasks_params: dict) -> dict:
 
 
 def test_coco_layout_becomes_one_row_per_caption(tmp_path):
-    root = make_coco(tmp_path / "coco")
-    table, problems = read_coco_captions(CocoCaptionsConfig(str(root), COCO_SPLITS), 0.25, 0)
+    make_coco(tmp_path / "coco")
+    table, problems = read_coco(tmp_path, 0.25)
     table = validate_table(table)
     assert problems.empty
     assert len(table) == (12 + 6) * 2 and table["image_id"].nunique() == 18
@@ -45,7 +52,7 @@ def test_coco_layout_becomes_one_row_per_caption(tmp_path):
     assert table.loc[table.split == "test", "image_id"].nunique() == 6
     row = table[table.sample_id == "coco/train2017/1"].iloc[0]
     assert row.text == "a red square" and row.image_id == "coco/train2017/100000"
-    assert row.image_path == str(root / "train2017" / "000000100000.jpg")
+    assert row.image_path == "train2017/000000100000.jpg"  # relative to raw_images
 
 
 def test_coco_malformed_records_are_counted_never_dropped(tmp_path):
@@ -58,7 +65,7 @@ def test_coco_malformed_records_are_counted_never_dropped(tmp_path):
         doc["annotations"].append({"id": 3, "image_id": 100_001, "caption": "same id again"})
 
     edit_coco(root, "train2017", corrupt)
-    table, problems = read_coco_captions(CocoCaptionsConfig(str(root), COCO_SPLITS), 0.0, 0)
+    table, problems = read_coco(tmp_path, 0.0)
     assert problems["reason"].value_counts().to_dict() == {
         "caption_not_string": 1,
         "empty_caption": 1,
@@ -74,7 +81,7 @@ def test_error_policy_names_counts_and_examples(tmp_path, tasks_params):
     edit_coco(root, "train2017", lambda d: d["annotations"][0].update(caption=["a", "list"]))
     (root / "val2017" / "000000200000.jpg").unlink()  # 2 captions lose their image
     with pytest.raises(BadInputError) as err:
-        ingest(coco_params(root, on_bad_input="error"), retrieval_tasks(tasks_params))
+        ingest(*load_raw("coco_captions", tmp_path), coco_params(on_bad_input="error"), retrieval_tasks(tasks_params))
     message = str(err.value)
     assert "3 malformed record(s)" in message
     assert "caption_not_string: 1" in message and "caption is list" in message
@@ -86,8 +93,8 @@ def test_quarantine_policy_reports_every_record(tmp_path, tasks_params):
     root = make_coco(tmp_path / "coco")
     edit_coco(root, "train2017", lambda d: d["annotations"].append({"id": 5000, "image_id": 1, "caption": "x"}))
     (root / "train2017" / "000000100003.jpg").write_bytes(b"not an image at all")
-    params = coco_params(root, on_bad_input="quarantine", val_fraction=0.0)
-    samples, report, summary = ingest(params, retrieval_tasks(tasks_params))
+    params = coco_params(on_bad_input="quarantine", val_fraction=0.0)
+    samples, report, summary = ingest(*load_raw("coco_captions", tmp_path), params, retrieval_tasks(tasks_params))
     assert summary == {
         "policy": "quarantine",
         "total": 3,
@@ -104,12 +111,11 @@ def test_screen_full_mode_finds_truncated_files(tmp_path):
     draw(good, "red", "square", size=64)
     draw(cut, "blue", "circle", size=64)
     cut.write_bytes(cut.read_bytes()[:-40])  # header intact, pixel data cut short
-    table = pd.DataFrame(
-        {"sample_id": ["a", "b"], "split": "train", "image_path": [str(good), str(cut)]}
-    )
-    kept, problems = screen_images(table, "header", "test")
+    table = pd.DataFrame({"sample_id": ["a", "b"], "split": "train", "image_path": ["good.png", "cut.png"]})
+    root = ImageRoot(str(tmp_path))
+    kept, problems = screen_images(table, root, "header", "test")
     assert problems.empty and len(kept) == 2  # the header alone looks fine
-    kept, problems = screen_images(table, "full", "test")
+    kept, problems = screen_images(table, root, "full", "test")
     assert list(kept["sample_id"]) == ["a"] and list(problems["reason"]) == ["unreadable_image"]
 
 
@@ -121,11 +127,11 @@ def test_policy_and_summary_without_problems():
 
 
 def test_image_folder_layout(tmp_path):
-    root = make_image_folder(tmp_path / "folder")
+    root = make_image_folder(tmp_path / "image_folder")
     (root / "train" / "README.txt").write_text("not a class")
     (root / "train" / "red_square" / "notes.txt").write_text("not an image")
-    cfg = ImageFolderConfig(str(root), {"train": "train", "test": "val"}, "a photo of a {}")
-    table, problems = read_image_folder(cfg, 0.0, 0)
+    cfg = IngestionConfig.from_dict({"val_fraction": 0.0, "image_folder": {"prompt": "a photo of a {}"}})
+    table, problems = image_folder.read(*load_raw("image_folder", tmp_path), cfg)
     table = validate_table(table)
     assert problems.empty and len(table) == 3 * (6 + 3)
     assert set(table["answer"]) == {"red_square", "blue_square", "green_square"}
@@ -135,9 +141,10 @@ def test_image_folder_layout(tmp_path):
 
 
 def test_missing_layout_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="captions_train2017.json not found"):
-        read_coco_captions(CocoCaptionsConfig(str(tmp_path), COCO_SPLITS), 0.0, 0)
+    cfg = IngestionConfig.from_dict({"val_fraction": 0.0})
+    with pytest.raises(FileNotFoundError, match=r"no partition 'captions_train2017' .*it has \['captions_val'\]"):
+        coco_captions.read({"captions_val": {}}, ImageRoot(str(tmp_path)), cfg)
     with pytest.raises(FileNotFoundError, match="expected <root>/<split>/<class>"):
-        read_image_folder(ImageFolderConfig(str(tmp_path)), 0.0, 0)
+        image_folder.read(None, ImageRoot(str(tmp_path)), cfg)
     with pytest.raises(ValueError, match="must include 'train'"):
         CocoCaptionsConfig(splits={"test": "val2017"})

@@ -53,12 +53,12 @@ def test_a_model_key_is_checked_for_the_chosen_preset(shipped):
         check_parameters(params)
 
 
-def test_image_size_comes_from_the_model_preset(shipped, samples):
+def test_image_size_comes_from_the_model_preset(shipped, samples, easy_vqa_raw):
     params = copy.deepcopy(shipped)
     params["model"]["preset"] = "seed"
     check_parameters(params)  # ingestion.image_size: 0 follows the preset (224)
     one = samples[samples["image_id"] == samples["image_id"].iloc[0]]
-    images = decode_images(one, {**params["ingestion"], "max_images_per_split": 1}, params["model"])
+    images = decode_images(one, easy_vqa_raw[1], {**params["ingestion"], "max_images_per_split": 1}, params["model"])
     assert np.asarray(images["pixels"]).shape[1:3] == (224, 224)
     params["ingestion"]["image_size"] = 64  # a second source that disagrees
     with pytest.raises(ValueError, match=r"ingestion.image_size=64 but model preset 'seed' reads 224x224"):

@@ -132,7 +132,7 @@ def test_image_folder_classification_reads_the_image_only(tasks_params):
          "text": ["a photo of a cat", "a photo of a dog"]}
     )
     tok = Tokenizer.from_str(train_tokenizer(table["text"], vocab_size=40).to_str())
-    with pytest.raises(ValueError, match=r"lacks .*drop the task from tasks.active"):  # easy-VQA's attributes
+    with pytest.raises(ValueError, match=r"task 'attributes' reads .* lacks .*drop it from tasks.active"):  # easy-VQA's
         TaskSet.build(TasksConfig.from_dict({**tasks_params, "active": ["answer", "attributes"]}), table, TaskContext(["cat", "dog"], special_ids(tok)))
     only_answer = TasksConfig.from_dict({**tasks_params, "active": ["answer"]})
     tasks = TaskSet.build(only_answer, table, TaskContext(["cat", "dog"], special_ids(tok)))

@@ -52,8 +52,11 @@ def main() -> None:
 
     ingestion = {"source": "easy_vqa", "val_fraction": 0.0, "seed": 0, "image_size": 64,
                  "in_memory_images": True, "max_images_per_split": 40}
-    samples = ingest_samples(ingestion)
-    images = decode_images(samples, ingestion)
+    from layouts import load_raw
+
+    annotations, raw_images = load_raw("easy_vqa")
+    samples = ingest_samples(annotations, raw_images, ingestion)
+    images = decode_images(samples, raw_images, ingestion)
     tok_params = {"vocab_size": 200, "min_frequency": 1, "max_length": 16}
     tokenizer = fit_tokenizer(samples, tok_params)
     encoded = encode_texts(samples, tokenizer, tok_params)

@@ -25,6 +25,7 @@ from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
 
 from ..pipelines.training.nodes import train_model
+from ..settings import CONFIG_LOADER_ARGS
 from ..training import distributed
 
 logger = logging.getLogger(__name__)
@@ -42,12 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     os.chdir(project)  # catalog paths are relative to the project root
     # The catalog and parameters without a KedroSession: no hooks run, so the ranks
     # never touch the MLflow store (two ranks creating it at once race on sqlite).
-    conf = OmegaConfigLoader(
-        conf_source=str(project / "conf"),
-        base_env="base",
-        default_run_env=args.env or "local",
-        merge_strategy={"parameters": "soft"},
-    )
+    conf = OmegaConfigLoader(conf_source=str(project / "conf"), env=args.env, **CONFIG_LOADER_ARGS)
     catalog = DataCatalog.from_config(conf["catalog"])
     params = conf["parameters"]
     inputs = [catalog.load(name) for name in INPUTS]

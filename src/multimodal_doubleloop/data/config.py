@@ -7,15 +7,18 @@ from dataclasses import dataclass, field
 from ..config import build
 from .images import AugmentConfig
 from .quality import POLICIES, VERIFY_MODES
+from .sources import SOURCES as _READERS
 from .sources.coco_captions import CocoCaptionsConfig
 from .sources.image_folder import ImageFolderConfig
+from .sources.table import TableConfig
+from .sources.vqa_v2 import VQAv2Config
 
-SOURCES = ("easy_vqa", "coco_captions", "image_folder")
+SOURCES = tuple(_READERS)
 
 
 @dataclass
 class IngestionConfig:
-    source: str = "easy_vqa"  # easy_vqa | coco_captions | image_folder
+    source: str = "easy_vqa"  # easy_vqa | coco_captions | image_folder | table | vqa_v2
     val_fraction: float = 0.05  # share of training *images* held out, with all their texts
     seed: int = 0  # of the validation split
     # images are resized to image_size x image_size; 0 = the model preset's
@@ -30,6 +33,8 @@ class IngestionConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # training only
     coco_captions: CocoCaptionsConfig = field(default_factory=CocoCaptionsConfig)
     image_folder: ImageFolderConfig = field(default_factory=ImageFolderConfig)
+    table: TableConfig = field(default_factory=TableConfig)
+    vqa_v2: VQAv2Config = field(default_factory=VQAv2Config)
 
     def __post_init__(self):
         if self.source not in SOURCES:

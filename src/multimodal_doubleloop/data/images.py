@@ -10,16 +10,18 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
 
+from .image_root import ImageRoot
 
-def decode_image(path: str, size: int) -> np.ndarray:
-    """Read any PIL-readable file as RGB uint8 (size, size, 3); clear error if unreadable."""
-    try:
-        with Image.open(path) as im:
-            return to_rgb_array(im, size)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"image file not found: {path}") from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"cannot decode image {path}: {exc}") from exc
+
+def decode_image(root: ImageRoot, path: str, size: int) -> np.ndarray:
+    """Read any PIL-readable file under `root` as RGB uint8 (size, size, 3); clear error
+    if it is missing or unreadable."""
+    with root.open(path) as f:
+        try:
+            with Image.open(f) as im:
+                return to_rgb_array(im, size)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"cannot decode image {root.where(path)}: {exc}") from exc
 
 
 def to_rgb_array(im: Image.Image, size: int) -> np.ndarray:
@@ -31,11 +33,11 @@ def to_rgb_array(im: Image.Image, size: int) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
-def decode_all(paths: Sequence[str], size: int) -> np.ndarray:
-    """Decode every path into one (N, size, size, 3) uint8 array."""
+def decode_all(root: ImageRoot, paths: Sequence[str], size: int) -> np.ndarray:
+    """Decode every path (relative to `root`) into one (N, size, size, 3) uint8 array."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i, path in enumerate(paths):
-        out[i] = decode_image(path, size)
+        out[i] = decode_image(root, path, size)
     return out
 
 
@@ -104,7 +106,8 @@ class LazyImages:
     data grows: the store holds only paths, in one numpy array (no per-path Python
     objects whose reference counts would copy pages into every forked worker)."""
 
-    def __init__(self, paths: Sequence[str], size: int, augment: AugmentConfig | None = None):
+    def __init__(self, root: ImageRoot, paths: Sequence[str], size: int, augment: AugmentConfig | None = None):
+        self.root = root
         self.paths = np.asarray(paths, dtype=np.str_)
         self.size = size
         self.augment = augment if augment is not None and augment.enabled else None
@@ -117,14 +120,13 @@ class LazyImages:
         """One image as uint8 (3, size, size) through the transform. JPEGs are decoded
         straight at the smallest DCT scale still >= size (PIL `draft`), which makes
         COCO-sized photos several times cheaper."""
-        try:
-            with Image.open(path) as im:
-                im.draft("RGB", (self.size, self.size))
-                pixels = v2.functional.pil_to_tensor(im.convert("RGB"))  # (3, H, W) uint8
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"image file not found: {path}") from exc
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"cannot decode image {path}: {exc}") from exc
+        with self.root.open(path) as f:
+            try:
+                with Image.open(f) as im:
+                    im.draft("RGB", (self.size, self.size))
+                    pixels = v2.functional.pil_to_tensor(im.convert("RGB"))  # (3, H, W) uint8
+            except (UnidentifiedImageError, OSError) as exc:
+                raise ValueError(f"cannot decode image {self.root.where(path)}: {exc}") from exc
         return self._transform(pixels)
 
     def get(self, rows: torch.Tensor) -> torch.Tensor:
@@ -133,19 +135,20 @@ class LazyImages:
 
 
 def build_image_index(
-    table, size: int, in_memory: bool, augment: AugmentConfig | None = None
+    table, root: ImageRoot, size: int, in_memory: bool, augment: AugmentConfig | None = None
 ) -> dict:
     """The image data of a sample table: unique images in first-seen order, decoded
-    into memory when `in_memory` (small data sets) or left as paths to decode lazily,
-    and the training augmentation."""
+    into memory when `in_memory` (small data sets) or left as paths under `root` to
+    decode lazily, and the training augmentation."""
     unique = table.drop_duplicates("image_id")
     paths = unique["image_path"].tolist()
     return {
         "image_ids": unique["image_id"].tolist(),
         "paths": paths,
         "size": size,
-        "pixels": decode_all(paths, size) if in_memory else None,
-        "augment": asdict(augment or AugmentConfig()),
+        "pixels": decode_all(root, paths, size) if in_memory else None,
+        "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(augment or AugmentConfig()).items()},
+        "root": root,
     }
 
 
@@ -154,4 +157,6 @@ def image_store(images: dict, train: bool = False) -> InMemoryImages | LazyImage
     augment = AugmentConfig(**images["augment"]) if train and images.get("augment") else None
     if images.get("pixels") is not None:
         return InMemoryImages(images["pixels"], augment)
-    return LazyImages(images["paths"], images["size"], augment)
+    if images.get("root") is None:
+        raise ValueError("the image index has no pixels and no image root to decode them from; rerun decode_images")
+    return LazyImages(images["root"], images["paths"], images["size"], augment)

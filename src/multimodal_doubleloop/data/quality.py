@@ -10,11 +10,12 @@ images that are missing or unreadable into problems too. `apply_policy` then rai
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
+
+from .image_root import ImageRoot
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ REASONS = {
     "duplicate_image_id": "an earlier image entry has the same id (the first is kept)",
     "bad_annotation_record": "the annotation lacks an integer id",
     "bad_image_record": "the image entry lacks an integer id or a string file_name",
+    "unannotated_question": "the question has no annotation (no answers to learn or score)",
 }
 
 
@@ -47,26 +49,27 @@ def problems_frame(rows: list[dict] | pd.DataFrame | None = None) -> pd.DataFram
     return frame.fillna("").astype(str)
 
 
-def _check(path: str, mode: str) -> tuple[str, str] | None:
-    """(reason, detail) when the image at `path` is unusable, else None."""
+def _check(root: ImageRoot, path: str, mode: str) -> tuple[str, str] | None:
+    """(reason, detail) when the image at `path` (under `root`) is unusable, else None."""
     try:
-        with Image.open(path) as im:  # reads the header only: format and size
+        with root.open(path) as f, Image.open(f) as im:  # reads the header only: format and size
             if mode == "full":
                 im.load()  # decodes every pixel: finds truncated files too
     except FileNotFoundError:
         return "missing_image_file", "no such file"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        # PIL raises OSError for truncated data, SyntaxError for some corrupt headers
-        if not os.path.isfile(path):
+        # PIL raises OSError for truncated data, SyntaxError for some corrupt headers;
+        # opening a folder raises IsADirectoryError (an OSError)
+        if not root.isfile(path):
             return "missing_image_file", "not a regular file"
         return "unreadable_image", f"{type(exc).__name__}: {exc}"
     return None
 
 
 def screen_images(
-    table: pd.DataFrame, mode: str, source: str, workers: int = 8
+    table: pd.DataFrame, root: ImageRoot, mode: str, source: str, workers: int = 8
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Open every distinct image of the table (threads: the work is file I/O).
+    """Open every distinct image of the table under `root` (threads: the work is I/O).
 
     mode "header" reads each file's header (finds missing, empty and non-image files),
     "full" decodes every pixel (also finds truncated files), "none" reads nothing.
@@ -77,7 +80,7 @@ def screen_images(
         return table, problems_frame()
     paths = table["image_path"].drop_duplicates().tolist()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda p: _check(p, mode), paths, chunksize=64))
+        results = list(pool.map(lambda p: _check(root, p, mode), paths, chunksize=64))
     bad = {p: r for p, r in zip(paths, results, strict=True) if r is not None}
     if not bad:
         return table, problems_frame()

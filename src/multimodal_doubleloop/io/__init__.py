@@ -1,6 +1,9 @@
 """Catalog I/O that kedro-datasets lacks, and the project's Kedro hooks."""
 
+from .image_index import ImageIndexDataset
+from .image_root import ImageRootDataset
 from .json_folder import JSONFolderDataset
+from .npz import NpzDataset
 from .torch_model import TorchModelDataset
 
-__all__ = ["JSONFolderDataset", "TorchModelDataset"]
+__all__ = ["ImageIndexDataset", "ImageRootDataset", "JSONFolderDataset", "NpzDataset", "TorchModelDataset"]

@@ -2,7 +2,7 @@
 
 Rows whose text names the answer (`question_type` "class", an ImageFolder prompt)
 are classified from the image alone. Metrics: accuracy, macro F1, accuracy per
-question type.
+question type, and VQA accuracy where the table has human `answers` (VQA v2).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics.functional.classification import multiclass_f1_score
 
 from ..data.batching import EncodedSplit
+from ..data.sources.vqa_v2 import vqa_accuracy
 from ..models.fusion import Features
 from ..models.losses import head_loss, total
 from .base import TaskContext, TaskEval, TaskLoss, known, model_labels, vocabulary
@@ -118,6 +119,9 @@ class ClassificationTask:
                 multiclass_f1_score(preds, labels, len(self.vocab), average="macro", ignore_index=-1)
             ),
         }
+        if "answers" in table.columns:  # VQA v2: ten human answers per question
+            predicted = [self.vocab[int(i)] for i in preds]
+            metrics["vqa_accuracy"] = float(np.mean(vqa_accuracy(predicted, table["answers"].to_numpy()[rows.numpy()].tolist())))
         qtypes = table["question_type"].to_numpy()[rows.numpy()]
         for qtype in sorted(set(qtypes)):
             key = "accuracy_" + "".join(c if c.isalnum() else "_" for c in qtype)

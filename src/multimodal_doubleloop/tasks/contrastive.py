@@ -5,6 +5,8 @@ zero-shot accuracy from class-name prompts when `zero_shot` names a class column
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import ClassVar
 
 import numpy as np
@@ -19,6 +21,8 @@ from ..models.losses import head_loss, total
 from .base import TaskContext, TaskEval, TaskLoss, description_rows, vocabulary, zero_loss
 from .config import TaskConfig
 from .metrics import retrieval_recall
+
+logger = logging.getLogger(__name__)
 
 
 class ContrastiveTask:
@@ -43,11 +47,19 @@ class ContrastiveTask:
         return [cfg.zero_shot] if cfg.zero_shot else []
 
     @classmethod
+    def optional_columns(cls, cfg: TaskConfig) -> list[str]:
+        """The zero-shot class column: a source without it gets no zero-shot metric."""
+        return [cfg.zero_shot] if cfg.zero_shot else []
+
+    @classmethod
     def rows(cls, table: pd.DataFrame, cfg: TaskConfig) -> np.ndarray:
         return description_rows(table)
 
     @classmethod
     def create(cls, name: str, cfg: TaskConfig, samples: pd.DataFrame, ctx: TaskContext):
+        if cfg.zero_shot and cfg.zero_shot not in samples.columns:
+            logger.info("task %r: the table has no %r column, so no zero-shot metric", name, cfg.zero_shot)
+            cfg = dataclasses.replace(cfg, zero_shot="")
         return cls(name, cfg, vocabulary(samples, [cfg.zero_shot]) if cfg.zero_shot else [])
 
     def needs_text(self, head: nn.Module) -> bool:

@@ -1,5 +1,6 @@
 """Multi-label: the values of several columns (easy-VQA: `color`, `shape`) as one
-label set per image, read from the image. Metrics: micro/macro F1 at 0.5, mAP,
+label set per image, read from the image; a value "a|b" is two labels (a table
+source's `labels` column). Metrics: micro/macro F1 at 0.5, mAP,
 exact (subset) match."""
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from .base import (
     zero_loss,
 )
 from .config import TaskConfig
+
+SEPARATOR = "|"  # a column may hold several labels per row, "a|b" (a table source's `labels`)
 
 
 class MultilabelTask:
@@ -69,7 +72,9 @@ class MultilabelTask:
     @classmethod
     def create(cls, name: str, cfg: TaskConfig, samples: pd.DataFrame, ctx: TaskContext):
         vocab = model_labels(ctx, name)
-        return cls(name, cfg, vocabulary(samples, cfg.target) if vocab is None else vocab)
+        if vocab is None:
+            vocab = sorted({label for value in vocabulary(samples, cfg.target) for label in value.split(SEPARATOR)} - {""})
+        return cls(name, cfg, vocab)
 
     def head(self, preset: dict, sizes: dict) -> dict:
         return image_head(self.name, {"type": "multilabel", **preset, "num_outputs": len(self.vocab)})
@@ -82,8 +87,9 @@ class MultilabelTask:
             values = table[column].fillna("").astype(str).to_numpy()
             labelled &= values != ""
             for row, value in enumerate(values):
-                if value in index:
-                    target[row, index[value]] = 1.0
+                for label in value.split(SEPARATOR):
+                    if label in index:
+                        target[row, index[label]] = 1.0
         target[~labelled] = -1.0  # unknown: the image is left out
         return {self.key: torch.from_numpy(target)}
 

@@ -43,7 +43,7 @@ class TaskSet:
         model's) when given, else from the training rows of `samples`."""
         tasks = []
         for name, definition in cfg.selected().items():
-            task_rows(samples, definition)  # fails early on a missing column
+            task_rows(samples, definition, name)  # fails early on a missing column
             tasks.append(task_type(definition.type).create(name, definition, samples, ctx))
         return cls(tasks, cfg.weighting)
 

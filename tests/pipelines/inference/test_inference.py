@@ -10,8 +10,10 @@ from tokenizers import Tokenizer
 
 from multimodal_doubleloop.commands.predict import format_prediction, run_inference
 from multimodal_doubleloop.data.batching import encoded_split
+from multimodal_doubleloop.data.image_root import ImageRoot
 from multimodal_doubleloop.data.images import image_store
 from multimodal_doubleloop.data.requests import encode_image_file, request_table
+from multimodal_doubleloop.data.sources.easy_vqa import package_data
 from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
 from multimodal_doubleloop.pipelines.inference import create_packaging_pipeline, create_pipeline
 from multimodal_doubleloop.pipelines.inference.mlflow_model import example_request
@@ -42,7 +44,8 @@ def _predict(requests, model, tokenized, top_k=3):
 
 def _test_requests(samples):
     test = samples[samples["split"] == "test"]
-    return test, request_table([encode_image_file(p) for p in test["image_path"]], test["text"].tolist())
+    root = ImageRoot(package_data())  # the sample table's paths are relative to it
+    return test, request_table([encode_image_file(root.path(p)) for p in test["image_path"]], test["text"].tolist())
 
 
 def test_predictions_match_evaluation_of_the_same_model(samples, images, tokenized, model_params, training_params):
@@ -86,7 +89,7 @@ def test_pipeline_on_memory_catalog_returns_top_k(samples, tokenized, model_para
     assert catalog.load("inference_batch")["images"].shape[1:] == (64, 64, 3)
 
 
-def test_packaging_writes_checked_copies_and_example_requests(samples, tokenized, model_params):
+def test_packaging_writes_checked_copies_and_example_requests(samples, easy_vqa_raw, tokenized, model_params):
     model = _model(tokenized, model_params)
     catalog = run_pipeline(
         create_packaging_pipeline(),
@@ -95,6 +98,7 @@ def test_packaging_writes_checked_copies_and_example_requests(samples, tokenized
             "tokenizer": tokenized["tokenizer"],
             "answer_vocab": tokenized["answer_vocab"],
             "samples": samples,
+            "raw_images": easy_vqa_raw[1],
             "params:inference": {"top_k": 3, "example_requests": 3},
         },
     )

@@ -1,6 +1,7 @@
 import pandas as pd
 import pytest
 from conftest import TINY_MODEL, run_pipeline
+from layouts import raw_datasets
 
 from multimodal_doubleloop.data.schema import CANONICAL_COLUMNS, SchemaError, validate_table
 from multimodal_doubleloop.pipelines.ingestion import create_pipeline
@@ -17,9 +18,9 @@ def test_easy_vqa_table_has_canonical_schema(samples):
     assert val_images and not train_images & val_images
 
 
-def test_full_easy_vqa_counts():
+def test_full_easy_vqa_counts(easy_vqa_raw):
     table, quarantine, summary = ingest(
-        {"source": "easy_vqa", "val_fraction": 0.0, "seed": 0, "image_size": 64, "in_memory_images": True}
+        *easy_vqa_raw, {"source": "easy_vqa", "val_fraction": 0.0, "seed": 0, "image_size": 64, "in_memory_images": True}
     )
     assert quarantine.empty and summary["total"] == 0
     counts = table.groupby("split").agg(questions=("sample_id", "size"), images=("image_id", "nunique"))
@@ -34,9 +35,14 @@ def test_images_decoded_in_table_order(samples, images):
     assert images["pixels"].dtype.name == "uint8"
 
 
-def test_unknown_source_is_a_clear_error(ingestion_params):
+def test_unknown_source_is_a_clear_error(easy_vqa_raw, ingestion_params):
     with pytest.raises(ValueError, match="ingestion.source='nope'"):
-        ingest_samples({**ingestion_params, "source": "nope"})
+        ingest_samples(*easy_vqa_raw, {**ingestion_params, "source": "nope"})
+
+
+def test_samples_store_image_paths_relative_to_their_root(samples, images):
+    assert samples["image_path"].str.match(r"^(train|test)/images/\d+\.png$").all()
+    assert images["root"].isfile(samples["image_path"].iloc[0])
 
 
 def test_validate_table_names_the_problem(samples):
@@ -52,6 +58,10 @@ def test_validate_table_names_the_problem(samples):
 
 
 def test_ingestion_pipeline_on_memory_catalog(ingestion_params, tasks_params):
-    catalog = run_pipeline(create_pipeline(), {"params:ingestion": ingestion_params, "params:tasks": tasks_params, "params:model": TINY_MODEL})
+    catalog = run_pipeline(
+        create_pipeline(),
+        {"params:ingestion": ingestion_params, "params:tasks": tasks_params, "params:model": TINY_MODEL},
+        raw_datasets("easy_vqa"),
+    )
     samples, images = catalog.load("samples"), catalog.load("images")
     assert len(samples) > 0 and len(images["image_ids"]) == samples["image_id"].nunique()

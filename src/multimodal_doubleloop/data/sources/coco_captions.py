@@ -1,8 +1,12 @@
 """COCO captions in their published layout, at COCO scale, without touching an image.
 
-    <root>/annotations/captions_<name>.json   {"images": [{id, file_name, width, height}],
+    raw_annotations: captions_<name>.json    {"images": [{id, file_name, width, height}],
                                               "annotations": [{id, image_id, caption}]}
-    <root>/<name>/<file_name>                 the images (decoded later, lazily)
+    raw_images:      <name>/<file_name>      the images (decoded later, lazily)
+
+(`raw_annotations` is a PartitionedDataset of JSON files over COCO's `annotations/`
+folder, `raw_images` the folder that holds `train2017/`, `val2017/`; see
+`conf/coco_captions/catalog.yml`.)
 
 One canonical row per caption: `text` is the caption (whitespace collapsed), `answer`
 is empty and `question_type` is "caption"; an image has several rows. The JSON is
@@ -13,19 +17,19 @@ parsed once and turned into columns with list comprehensions and vectorised pand
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..image_root import ImageRoot
 from ..quality import problems_frame
 from ..schema import SPLITS
 from ..splits import hold_out_val_images
+from .base import partition
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +38,8 @@ SOURCE = "coco_captions"
 
 @dataclass
 class CocoCaptionsConfig:
-    root: str = "data/01_raw/coco"  # holds annotations/ and one image folder per COCO split
-    # canonical split -> COCO split name: reads annotations/captions_<name>.json and
-    # images from <root>/<name>/. COCO's test set has no captions, so its val set is the
+    # canonical split -> COCO split name: reads the annotation partition captions_<name>
+    # and images from <name>/ under raw_images. COCO's test set has no captions, so its val set is the
     # usual test split; `val` is carved from train by ingestion.val_fraction unless given.
     splits: dict[str, str] = field(default_factory=lambda: {"train": "train2017", "test": "val2017"})
 
@@ -87,20 +90,13 @@ class _Problems:
             )
 
 
-def _load_annotations(root: Path, name: str, split: str) -> tuple[Path, dict]:
-    path = root / "annotations" / f"captions_{name}.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"COCO annotation file {path} not found (ingestion.coco_captions.root={str(root)!r}, "
-            f"split {split!r} -> {name!r})"
-        )
-    with path.open("rb") as f:
-        data = json.load(f)
+def _load_annotations(annotations, name: str, split: str) -> dict:
+    data = partition(annotations, f"captions_{name}", SOURCE, f"split {split!r} -> {name!r}")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
         data.get("annotations"), list
     ):
-        raise ValueError(f"{path}: expected a JSON object with lists 'images' and 'annotations'")
-    return path, data
+        raise ValueError(f"captions_{name}.json: expected a JSON object with lists 'images' and 'annotations'")
+    return data
 
 
 def _field(entries: list, key: str) -> pd.Series:
@@ -150,11 +146,12 @@ def _valid_captions(anns: list, known_ids: pd.Index, where: str, problems: _Prob
     return ann_id, position, text, np.flatnonzero(first_ann)
 
 
-def _read_split(root: Path, name: str, split: str) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
-    path, data = _load_annotations(root, name, split)
+def _read_split(annotations, name: str, split: str) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    data = _load_annotations(annotations, name, split)
     problems = _Problems(split)
-    known_ids, known_files = _valid_images(data["images"], path.name, problems)
-    ann_id, position, text, rows = _valid_captions(data["annotations"], known_ids, path.name, problems)
+    where = f"captions_{name}.json"
+    known_ids, known_files = _valid_images(data["images"], where, problems)
+    ann_id, position, text, rows = _valid_captions(data["annotations"], known_ids, where, problems)
     del data  # the parsed JSON: its columns are all that is kept
     prefix = f"coco/{name}/"
     image_ids = pa.array(known_ids.to_numpy()[position[rows]])
@@ -162,7 +159,7 @@ def _read_split(root: Path, name: str, split: str) -> tuple[pd.DataFrame, list[p
         {
             "sample_id": _strings(_join(prefix, pa.array(ann_id[rows].astype(np.int64)))),
             "image_id": _strings(_join(prefix, image_ids)),
-            "image_path": _strings(_join(str(root / name) + "/", pa.array(known_files[position[rows]]))),
+            "image_path": _strings(_join(f"{name}/", pa.array(known_files[position[rows]]))),
             "text": _strings(text.take(pa.array(rows))),
             "answer": "",
             "split": split,
@@ -172,22 +169,21 @@ def _read_split(root: Path, name: str, split: str) -> tuple[pd.DataFrame, list[p
     )
     logger.info(
         "COCO %s (%s): %d captions of %d images from %s",
-        name, split, len(table), len(known_ids), path,
+        name, split, len(table), len(known_ids), where,
     )
     return table, problems.frames
 
 
-def read_coco_captions(
-    cfg: CocoCaptionsConfig, val_fraction: float, seed: int
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All configured splits as one canonical table, and the records that could not be read."""
-    root = Path(cfg.root)
+def read(annotations, images: ImageRoot, cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All configured splits (`cfg.coco_captions.splits`) as one canonical table, and the
+    records that could not be read."""
+    coco = cfg.coco_captions
     tables, problems = [], []
-    for split, name in cfg.splits.items():
-        table, found = _read_split(root, name, split)
+    for split, name in coco.splits.items():
+        table, found = _read_split(annotations, name, split)
         tables.append(table)
         problems += found
     table = pd.concat(tables, ignore_index=True)
-    if "val" not in cfg.splits:
-        hold_out_val_images(table, val_fraction, seed)
+    if "val" not in coco.splits:
+        hold_out_val_images(table, cfg.val_fraction, cfg.seed)
     return table, problems_frame(pd.concat(problems, ignore_index=True) if problems else None)

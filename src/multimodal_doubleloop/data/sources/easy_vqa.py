@@ -25,12 +25,18 @@ Besides its questions, targets for the other tasks are derived on request
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..image_root import ImageRoot
+from ..quality import problems_frame
 from ..splits import hold_out_val_images
+from .base import partition
+
+SOURCE = "easy_vqa"
 
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")
@@ -46,40 +52,41 @@ def question_type(answer: str) -> str:
     raise ValueError(f"easy-VQA answer {answer!r} is not yes/no, a colour or a shape")
 
 
-def read_easy_vqa(val_fraction: float, seed: int) -> pd.DataFrame:
-    """Official train/test questions; `val_fraction` of train *images* become `val`.
+def package_data() -> str:
+    """The `easy-vqa` package's data folder: `<split>/questions.json`, `<split>/images/`
+    (the catalog's `${easy_vqa_data:}`)."""
+    import easy_vqa  # the package is the data source; imported here to keep it optional
+
+    return str(Path(easy_vqa.__file__).resolve().parent / "data")
+
+
+def read(annotations, images: ImageRoot, cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Official train/test questions (`<split>/questions.json`: [question, answer,
+    image id] triples); `cfg.val_fraction` of train *images* become `val`.
 
     Splitting by image keeps every question about a validation image out of training.
     """
-    import easy_vqa  # the package is the data source; imported here to keep it optional
-
     frames = []
-    for split, questions, paths in (
-        ("train", easy_vqa.get_train_questions(), easy_vqa.get_train_image_paths()),
-        ("test", easy_vqa.get_test_questions(), easy_vqa.get_test_image_paths()),
-    ):
-        texts, answers, image_ids = questions
-        missing = sorted(set(image_ids) - set(paths))
-        if missing:
-            raise FileNotFoundError(
-                f"easy-VQA {split} questions refer to {len(missing)} image(s) not shipped "
-                f"in the package, e.g. id {missing[0]}; reinstall easy-vqa"
-            )
+    for split in ("train", "test"):
+        questions = partition(annotations, split, SOURCE, f"{split}/questions.json")
+        if not isinstance(questions, list) or not all(isinstance(q, list) and len(q) == 3 for q in questions):
+            raise ValueError(f"easy-VQA {split}/questions.json: expected a list of [question, answer, image id]")
+        texts, answers, image_ids = (list(c) for c in zip(*questions, strict=True))
         frames.append(
             pd.DataFrame(
                 {
                     "sample_id": [f"easy_vqa/{split}/{i}" for i in range(len(texts))],
                     "image_id": [f"easy_vqa/{split}/{i}" for i in image_ids],
-                    "image_path": [paths[i] for i in image_ids],
+                    "image_path": [f"{split}/images/{i}.png" for i in image_ids],
                     "text": texts,
                     "answer": answers,
                     "split": split,
                     "question_type": [question_type(a) for a in answers],
-                    "source": "easy_vqa",
+                    "source": SOURCE,
                 }
             )
         )
-    return hold_out_val_images(pd.concat(frames, ignore_index=True), val_fraction, seed)
+    return hold_out_val_images(pd.concat(frames, ignore_index=True), cfg.val_fraction, cfg.seed), problems_frame()
 
 
 DERIVED_COLUMNS = ("color", "shape", "color_shape", "coverage")
@@ -127,9 +134,9 @@ def image_attributes(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({k: v.reindex(images).fillna("") for k, v in out.items()})
 
 
-def shape_coverage(path: str) -> float:
+def shape_coverage(images: ImageRoot, path: str) -> float:
     """Fraction of the image's pixels covered by its shape (see the module docstring)."""
-    with Image.open(path) as im:
+    with images.open(path) as f, Image.open(f) as im:
         pixels = np.asarray(im.convert("RGB"), dtype=np.int32)  # (H, W, 3)
     packed = (pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2]  # (H, W)
     border = np.concatenate([packed[0], packed[-1], packed[:, 0], packed[:, -1]])
@@ -147,7 +154,7 @@ def shape_coverage(path: str) -> float:
     return float((to_shape < to_background).mean())
 
 
-def derive(table: pd.DataFrame, columns: set[str], caption_rows: bool) -> pd.DataFrame:
+def derive(table: pd.DataFrame, images: ImageRoot, columns: set[str], caption_rows: bool) -> pd.DataFrame:
     """The table with the requested derived columns and, if asked, one caption row per
     image whose colour and shape are known (see the module docstring)."""
     unknown = sorted(set(columns) - set(DERIVED_COLUMNS))
@@ -162,7 +169,7 @@ def derive(table: pd.DataFrame, columns: set[str], caption_rows: bool) -> pd.Dat
     if "coverage" in columns:
         with ThreadPoolExecutor(max_workers=4) as pool:  # PIL and numpy release the GIL
             paths = per_image.loc[attrs.index, "image_path"].tolist()
-            attrs["coverage"] = list(pool.map(shape_coverage, paths, chunksize=64))
+            attrs["coverage"] = list(pool.map(lambda p: shape_coverage(images, p), paths, chunksize=64))
     if caption_rows:
         captioned = per_image.loc[known[known].index]
         captions = pd.DataFrame(

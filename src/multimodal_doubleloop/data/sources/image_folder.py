@@ -1,4 +1,8 @@
-"""The ImageNet / torchvision ImageFolder layout: `<root>/<split>/<class>/*.jpg|jpeg|png`.
+"""The ImageNet / torchvision ImageFolder layout: `<root>/<split>/<class>/*.jpg|jpeg|png`,
+`<root>` being the catalog's `raw_images` (any fsspec filesystem).
+
+The labels are the folder names, so this source reads no annotation files: the
+catalog's `raw_annotations` is the same image root (`conf/image_folder/catalog.yml`).
 
 One canonical row per image: `answer` is the class (folder) name, `question_type` is
 "class" and `text` is a prompt naming the class ("a photo of a golden retriever"),
@@ -10,12 +14,11 @@ are counted and logged, not read.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
+from ..image_root import ImageRoot
 from ..quality import problems_frame
 from ..schema import SPLITS
 from ..splits import hold_out_val_images
@@ -28,7 +31,6 @@ EXTENSIONS = (".jpg", ".jpeg", ".png")  # compared case-insensitively (ImageNet 
 
 @dataclass
 class ImageFolderConfig:
-    root: str = "data/01_raw/image_folder"
     # canonical split -> folder under root; ImageNet's labelled val set is the usual test
     # split, and `val` is carved from train by ingestion.val_fraction unless given here.
     splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "test": "val"})
@@ -49,49 +51,43 @@ def class_prompt(template: str, class_name: str) -> str:
     return template.format(class_name.replace("_", " "))
 
 
-def _scan(split_dir: Path) -> tuple[list[tuple[str, str]], list[str]]:
-    """(class, file path) of every image under split_dir/<class>/, and skipped paths."""
+def _scan(images: ImageRoot, folder: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(class, path relative to the root) of every image at <folder>/<class>/<file>,
+    and the paths that are not part of the layout."""
     found, skipped = [], []
-    with os.scandir(split_dir) as classes:
-        for entry in sorted(classes, key=lambda e: e.name):
-            if not entry.is_dir():
-                skipped.append(entry.path)
-                continue
-            with os.scandir(entry.path) as files:
-                for f in sorted(files, key=lambda e: e.name):
-                    if f.name.lower().endswith(EXTENSIONS) and not f.is_dir():
-                        found.append((entry.name, f.path))
-                    else:
-                        skipped.append(f.path)
+    for path in images.files(folder):
+        parts = path[len(folder) + 1 :].split("/")
+        if len(parts) == 2 and parts[1].lower().endswith(EXTENSIONS):
+            found.append((parts[0], path))
+        else:
+            skipped.append(path)
     return found, skipped
 
 
-def read_image_folder(
-    cfg: ImageFolderConfig, val_fraction: float, seed: int
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every configured split as one canonical table (and no record-level problems:
-    unreadable files are found by `quality.screen_images`)."""
-    root = Path(cfg.root)
+def read(annotations, images: ImageRoot, cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every configured split (`cfg.image_folder.splits`) as one canonical table (and no
+    record-level problems: unreadable files are found by `quality.screen_images`).
+    `annotations` is unused: an ImageFolder's labels are its folder names."""
+    folders = cfg.image_folder
     frames = []
-    for split, folder in cfg.splits.items():
-        split_dir = root / folder
-        if not split_dir.is_dir():
+    for split, folder in folders.splits.items():
+        if not images.isdir(folder):
             raise FileNotFoundError(
-                f"image folder {split_dir} not found (ingestion.image_folder.root={cfg.root!r}, "
+                f"image folder {images.where(folder)} not found (raw_images={images.url!r}, "
                 f"split {split!r} -> {folder!r}); expected <root>/<split>/<class>/*.jpg|png"
             )
-        found, skipped = _scan(split_dir)
+        found, skipped = _scan(images, folder)
         if skipped:
             logger.info(
                 "image_folder %s: skipped %d path(s) that are not <class>/*%s, e.g. %s",
                 folder, len(skipped), "|".join(EXTENSIONS), skipped[:3],
             )
         if not found:
-            raise ValueError(f"image folder {split_dir} has no <class>/*.jpg|jpeg|png files")
+            raise ValueError(f"image folder {images.where(folder)} has no <class>/*.jpg|jpeg|png files")
         classes = pd.Series([c for c, _ in found], dtype="string")
         paths = pd.Series([p for _, p in found], dtype="string")
-        ids = f"image_folder/{folder}/" + paths.str.slice(len(str(split_dir)) + 1)
-        prompts = {c: class_prompt(cfg.prompt, c) for c in classes.unique()}
+        ids = "image_folder/" + paths
+        prompts = {c: class_prompt(folders.prompt, c) for c in classes.unique()}
         frames.append(
             pd.DataFrame(
                 {
@@ -110,8 +106,8 @@ def read_image_folder(
             "image_folder %s (%s): %d images in %d classes", folder, split, len(found), len(prompts)
         )
     table = pd.concat(frames, ignore_index=True)
-    if "val" not in cfg.splits:
-        hold_out_val_images(table, val_fraction, seed)
+    if "val" not in folders.splits:
+        hold_out_val_images(table, cfg.val_fraction, cfg.seed)
     train = table["split"] == "train"
     unseen = sorted(set(table.loc[~train, "answer"].unique()) - set(table.loc[train, "answer"].unique()))
     if unseen:

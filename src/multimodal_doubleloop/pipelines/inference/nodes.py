@@ -16,8 +16,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from tokenizers import Tokenizer
 
+from ...data.image_root import ImageRoot
 from ...data.images import to_float
-from ...data.requests import RequestError, decode_requests, encode_image_file, request_table
+from ...data.requests import RequestError, decode_requests, encode_image, request_table
 from ...data.tokenizer import encode
 from ...models import ModelConfig
 from ...training.precision import resolve_device
@@ -59,13 +60,18 @@ def package_for_serving(trained_model: dict, tokenizer: str, answer_vocab: list[
     return trained_model, tokenizer, answer_vocab
 
 
-def make_example_requests(samples: pd.DataFrame, params: dict) -> pd.DataFrame:
-    """The first `example_requests` test questions as a request table (base64 images):
-    what the MLflow signature is inferred from and what `--pipeline inference` scores."""
+def make_example_requests(samples: pd.DataFrame, raw_images: ImageRoot, params: dict) -> pd.DataFrame:
+    """The first `example_requests` test questions as a request table (base64 images
+    read from `raw_images`): what the MLflow signature is inferred from and what
+    `--pipeline inference` scores."""
     test = samples[samples["split"] == "test"].head(params["example_requests"])
     if test.empty:
         raise ValueError("the sample table has no 'test' rows to make example requests from")
-    return request_table([encode_image_file(p) for p in test["image_path"]], test["text"].tolist())
+    images = []
+    for path in test["image_path"]:
+        with raw_images.open(path) as f:
+            images.append(encode_image(f.read()))
+    return request_table(images, test["text"].tolist())
 
 
 def preprocess_requests(inference_requests: pd.DataFrame, inference_model: dict, inference_tokenizer: str) -> dict:

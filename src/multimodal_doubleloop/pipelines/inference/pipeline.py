@@ -43,7 +43,7 @@ def create_packaging_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 make_example_requests,
-                ["samples", "params:inference"],
+                ["samples", "raw_images", "params:inference"],
                 "inference_requests",
                 name="make_example_requests",
             ),

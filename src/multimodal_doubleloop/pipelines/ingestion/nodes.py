@@ -6,45 +6,48 @@ import logging
 
 import pandas as pd
 
-from ...data.config import SOURCES, IngestionConfig
+from ...data.config import IngestionConfig
+from ...data.image_root import ImageRoot
 from ...data.images import build_image_index
-from ...data.quality import apply_policy, problems_frame, screen_images, summarise
+from ...data.quality import apply_policy, screen_images, summarise
 from ...data.schema import validate_table
-from ...data.sources import easy_vqa
-from ...data.sources.coco_captions import read_coco_captions
-from ...data.sources.image_folder import read_image_folder
+from ...data.sources import SOURCES
 from ...models import VisionConfig
 from ...tasks import TasksConfig, select_rows
 
 logger = logging.getLogger(__name__)
 
 
-def read_source(cfg: IngestionConfig, tasks: TasksConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The configured source as a table (with what the tasks need derived) and its problems."""
-    if cfg.source == "easy_vqa":
-        table = easy_vqa.read_easy_vqa(cfg.val_fraction, cfg.seed)
-        derived = tasks.required_columns() & set(easy_vqa.DERIVED_COLUMNS)
-        return easy_vqa.derive(table, derived, tasks.needs_description_rows()), problems_frame()
-    if cfg.source == "coco_captions":
-        return read_coco_captions(cfg.coco_captions, cfg.val_fraction, cfg.seed)
-    if cfg.source == "image_folder":
-        return read_image_folder(cfg.image_folder, cfg.val_fraction, cfg.seed)
-    raise ValueError(f"ingestion.source={cfg.source!r}: use one of {SOURCES}")
+def read_source(
+    annotations, images: ImageRoot, cfg: IngestionConfig, tasks: TasksConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The configured source as a table (with what the tasks ask it to derive) and its problems."""
+    source = SOURCES.get(cfg.source)
+    if source is None:
+        raise ValueError(f"ingestion.source={cfg.source!r}: use one of {sorted(SOURCES)}")
+    table, problems = source.read(annotations, images, cfg)
+    derivable = set(getattr(source, "DERIVED_COLUMNS", ()))
+    if hasattr(source, "derive"):
+        table = source.derive(table, images, tasks.required_columns() & derivable, tasks.needs_description_rows())
+    return table, problems
 
 
-def ingest(params: dict, tasks_params: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def ingest(
+    raw_annotations, raw_images: ImageRoot, params: dict, tasks_params: dict | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """The canonical sample table of the rows the active tasks use, the quarantine
     report of malformed records (empty unless `on_bad_input: quarantine`) and its counts.
 
-    Images are screened (`verify_images`) after the task rows and the
+    `raw_annotations` and `raw_images` are the catalog's raw inputs (see
+    `data.sources`). Images are screened (`verify_images`) after the task rows and the
     `max_images_per_split` slice are chosen: only images the run would read."""
     cfg, tasks = IngestionConfig.from_dict(params), TasksConfig.from_dict(tasks_params)
-    table, problems = read_source(cfg, tasks)
-    table = select_rows(table, tasks)
+    table, problems = read_source(raw_annotations, raw_images, cfg, tasks)
+    table = select_rows(table, tasks, cfg.source)
     if cfg.max_images_per_split:
         keep = table.drop_duplicates("image_id").groupby("split").head(cfg.max_images_per_split)["image_id"]
         table = table[table["image_id"].isin(set(keep))]
-    table, bad_images = screen_images(table, cfg.verify_images, cfg.source)
+    table, bad_images = screen_images(table, raw_images, cfg.verify_images, cfg.source)
     report = apply_policy(pd.concat([problems, bad_images], ignore_index=True), cfg.on_bad_input, cfg.source)
     table = validate_table(table)
     logger.info(
@@ -56,16 +59,16 @@ def ingest(params: dict, tasks_params: dict | None = None) -> tuple[pd.DataFrame
     return table, report, summarise(report, cfg.on_bad_input)
 
 
-def ingest_samples(params: dict, tasks_params: dict | None = None) -> pd.DataFrame:
+def ingest_samples(raw_annotations, raw_images: ImageRoot, params: dict, tasks_params: dict | None = None) -> pd.DataFrame:
     """The sample table alone (the quarantine report is still logged); see `ingest`."""
-    return ingest(params, tasks_params)[0]
+    return ingest(raw_annotations, raw_images, params, tasks_params)[0]
 
 
-def decode_images(samples: pd.DataFrame, params: dict, model_params: dict | None = None) -> dict:
+def decode_images(samples: pd.DataFrame, raw_images: ImageRoot, params: dict, model_params: dict | None = None) -> dict:
     """Unique images of the table; pixels decoded in memory when configured, at
     `ingestion.image_size`, or (0) at the chosen model preset's `vision.image_size`."""
     cfg = IngestionConfig.from_dict(params)
-    return build_image_index(samples, image_size(cfg, model_params), cfg.in_memory_images, cfg.augment)
+    return build_image_index(samples, raw_images, image_size(cfg, model_params), cfg.in_memory_images, cfg.augment)
 
 
 def image_size(cfg: IngestionConfig, model_params: dict | None) -> int:

@@ -8,10 +8,15 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 ingest,
-                ["params:ingestion", "params:tasks"],
+                ["raw_annotations", "raw_images", "params:ingestion", "params:tasks"],
                 ["samples", "quarantine", "quarantine_summary"],
                 name="ingest_samples",
             ),
-            Node(decode_images, ["samples", "params:ingestion", "params:model"], "images", name="decode_images"),
+            Node(
+                decode_images,
+                ["samples", "raw_images", "params:ingestion", "params:model"],
+                "images",
+                name="decode_images",
+            ),
         ]
     )

@@ -28,7 +28,7 @@ def encode_texts(samples: pd.DataFrame, tokenizer: str, params: dict) -> dict:
     truncated = int((mask.sum(1) == max_length).sum())
     if truncated:
         logger.warning("%d texts reach tokenization.max_length=%d and may be truncated", truncated, max_length)
-    return {"sample_id": samples["sample_id"].to_numpy(), "input_ids": ids, "attention_mask": mask}
+    return {"sample_id": samples["sample_id"].to_numpy(dtype=str), "input_ids": ids, "attention_mask": mask}
 
 
 def build_answer_vocab(samples: pd.DataFrame) -> list[str]:
