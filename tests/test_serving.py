@@ -50,7 +50,8 @@ def server(trained_project):
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
     }
     log = open(trained_project.path / "serve.log", "wb")  # noqa: SIM115 (closed below)
-    command = [BIN / "mlflow", "models", "serve", "-m", trained_project.model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    champion = "models:/multimodal_doubleloop@champion"  # what the README serves
+    command = [BIN / "mlflow", "models", "serve", "-m", champion, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
     proc = subprocess.Popen(command, cwd=trained_project.path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -111,7 +112,9 @@ def test_logged_model_has_signature_example_and_only_unversioned_artifacts(model
     assert base64.b64decode(example["dataframe_split"]["data"][0][0]).startswith(b"\x89PNG")
     artifacts = {p.name for p in (model_dir / "artifacts").iterdir()}
     assert artifacts == {"model.pt", "tokenizer.json", "answer_vocab.json", "params_inference.top_k.pkl"}
-    assert "torch==" in (model_dir / "requirements.txt").read_text()
+    requirements = (model_dir / "requirements.txt").read_text()
+    assert "torch==" in requirements and "multimodal-doubleloop" not in requirements  # only what PyPI has
+    assert (model_dir / "code" / "multimodal_doubleloop" / "pipelines" / "inference" / "nodes.py").is_file()  # it carries the code
 
 
 def test_served_answers_match_in_process_predictions(trained_project, server, model_dir):
@@ -157,3 +160,31 @@ def test_bad_requests_get_400_with_a_clear_message_and_the_server_stays_up(train
     assert message in body["message"]
     assert requests.get(f"{server}/ping", timeout=5).status_code == 200
     assert _post(server, _requests(trained_project).head(1)).status_code == 200
+
+
+def test_the_network_is_built_once_when_the_model_loads(model_dir, monkeypatch):
+    """Requests share the network the model built at load: no build per request."""
+    from multimodal_doubleloop.models import serving
+
+    built = []
+    real = serving.build_model
+    monkeypatch.setattr(serving, "build_model", lambda cfg: built.append(cfg) or real(cfg))
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    assert len(built) == 1  # at load
+    example = json.loads((model_dir / "serving_input_example.json").read_text())["dataframe_split"]
+    requests_frame = pd.DataFrame(example["data"], columns=example["columns"])
+    first = model.predict(requests_frame)
+    for _ in range(3):
+        again = model.predict(requests_frame)
+    assert len(built) == 1 and again.equals(first)
+
+
+def test_train_run_is_named_logs_its_input_and_registers_the_champion(trained_project):
+    client = mlflow.MlflowClient(trained_project.tracking_uri)
+    champion = client.get_model_version_by_alias("multimodal_doubleloop", "champion")
+    assert champion.run_id == trained_project.run_id and int(champion.version) == 1
+    assert champion.tags["promoted_to_champion"] == "true"
+    run = client.get_run(trained_project.run_id)
+    assert run.info.run_name == "train easy_vqa tiny fixed lr=0.001"
+    (logged,) = [d.dataset for d in run.inputs.dataset_inputs]
+    assert logged.name == "samples" and logged.digest and "easy_vqa" in logged.source

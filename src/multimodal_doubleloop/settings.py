@@ -5,7 +5,11 @@ from pathlib import Path
 from kedro.utils import find_kedro_project
 
 from multimodal_doubleloop.data.sources.easy_vqa import package_data
-from multimodal_doubleloop.io.hooks import MlflowVersionedArtifactHooks, ParameterCheckHooks
+from multimodal_doubleloop.io.hooks import (
+    MlflowRunHooks,
+    MlflowVersionedArtifactHooks,
+    ParameterCheckHooks,
+)
 
 
 def project_root() -> str:
@@ -14,7 +18,7 @@ def project_root() -> str:
     return str(find_kedro_project(Path.cwd()) or Path.cwd())
 
 
-HOOKS = (ParameterCheckHooks(), MlflowVersionedArtifactHooks())
+HOOKS = (ParameterCheckHooks(), MlflowVersionedArtifactHooks(), MlflowRunHooks())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -4,6 +4,7 @@ from .image_index import ImageIndexDataset
 from .image_root import ImageRootDataset
 from .json_folder import JSONFolderDataset
 from .npz import NpzDataset
+from .serving_model import ServingModelDataset
 from .torch_model import TorchModelDataset
 
-__all__ = ["ImageIndexDataset", "ImageRootDataset", "JSONFolderDataset", "NpzDataset", "TorchModelDataset"]
+__all__ = ["ImageIndexDataset", "ImageRootDataset", "JSONFolderDataset", "NpzDataset", "ServingModelDataset", "TorchModelDataset"]

@@ -1,5 +1,6 @@
 """Project hooks: check every parameter before anything runs; log versioned catalog
-files to the active MLflow run.
+files to the active MLflow run; name the run, log its sample table as an MLflow
+input, and register the model a `train` run logs (`io.registry`).
 
 kedro-mlflow's `MlflowArtifactDataset` cannot wrap a *versioned* dataset under
 Kedro 1.x lazy catalogs (the wrapper gets its own save version and the catalog
@@ -49,3 +50,58 @@ class ParameterCheckHooks:
         from ..pipelines.parameters import check_parameters
 
         check_parameters(context.params)
+
+
+def run_name(pipeline: str, params: dict) -> str:
+    """What tells runs apart in `mlflow ui`: pipeline, source, preset, controller, LR."""
+    training = params.get("training") or {}
+    controller = (training.get("controller") or {}).get("method", "fixed")
+    return " ".join(
+        [
+            pipeline,
+            str((params.get("ingestion") or {}).get("source", "")),
+            str((params.get("model") or {}).get("preset", "")),
+            str(controller),
+            f"lr={training.get('lr')}",
+        ]
+    )
+
+
+class MlflowRunHooks:
+    """The run kedro-mlflow opened (its hooks run before these): a name from what
+    distinguishes it, the sample table as an input (a digest and schema, not the data)
+    and, after a `train` run, the logged model registered with the champion rule."""
+
+    def __init__(self):
+        self._run_id = None
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        run = mlflow.active_run()
+        self._run_id = run.info.run_id if run is not None else None
+        if run is None:
+            return
+        params = {k: catalog.load(f"params:{k}") for k in ("ingestion", "model", "training")
+                  if catalog.exists(f"params:{k}")}
+        mlflow.set_tag("mlflow.runName", run_name(run_params.get("pipeline_name") or "__default__", params))
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data, node) -> None:
+        if dataset_name != "samples" or mlflow.active_run() is None:
+            return
+        sources = sorted(set(data["source"])) if "source" in data else []
+        dataset = mlflow.data.from_pandas(data, name="samples", source=f"kedro:samples ({', '.join(sources)})")
+        mlflow.log_input(dataset, context="training")
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict, run_result, pipeline, catalog) -> None:
+        from kedro_mlflow.pipeline.pipeline_ml import PipelineML
+
+        from .registry import register_and_promote
+
+        if self._run_id is None or not isinstance(pipeline, PipelineML):
+            return  # only a train run logs a model
+        try:
+            register_and_promote(mlflow.MlflowClient(), self._run_id, f"runs:/{self._run_id}/model")
+        except mlflow.exceptions.MlflowException as exc:  # the run and its model stay logged
+            logger.warning("Could not register the model of run %s: %s", self._run_id, exc)

@@ -10,13 +10,12 @@ matplotlib.use("Agg")  # headless: figures are only saved
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 from torchmetrics.functional.classification import multiclass_confusion_matrix  # noqa: E402
 
 from ...data.batching import encoded_split  # noqa: E402
 from ...data.images import image_store  # noqa: E402
-from ...models import ModelConfig, build_model  # noqa: E402
+from ...models.serving import load_trained_model  # noqa: E402
 from ...tasks import (  # noqa: E402
     TaskContext,
     TasksConfig,
@@ -31,12 +30,6 @@ from ...training.evaluate import evaluate  # noqa: E402
 from ...training.precision import resolve_device  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
-
-def load_trained_model(trained_model: dict) -> torch.nn.Module:
-    model = build_model(ModelConfig.from_dict(trained_model["config"]))
-    model.load_state_dict(trained_model["state_dict"])
-    return model.eval()
 
 
 def evaluate_model(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from importlib.metadata import version
+from pathlib import Path
 
 import pandas as pd
 from PIL import Image, ImageDraw
@@ -15,16 +16,17 @@ from ...data.requests import encode_image, request_table
 
 MODEL_NAME = "model"  # the model's artifact path in its MLflow run: runs:/<run_id>/model
 TOP_K_PARAM = "inference.top_k"  # per-request override: {"params": {"inference.top_k": 5}}
-# What loading the model imports, pinned to this environment. Listed rather than inferred:
-# MLflow's inference loads the model in a subprocess (~20 s per run) and misses torch.
-# `multimodal-doubleloop` is this repository (`pip install .`), not a PyPI package.
+# What loading the model imports, pinned to this environment: packages an index has.
+# Listed rather than inferred: MLflow's inference loads the model in a subprocess
+# (~20 s per run) and misses torch. The project's own code is not a package on any
+# index: the model carries it (`code_paths`, below).
 SERVING_PACKAGES = (
-    "multimodal-doubleloop",
     "mlflow",
     "kedro",
     "kedro-datasets",
     "kedro-mlflow",
     "torch",
+    "torchvision",
     "tokenizers",
     "pillow",
     "pandas",
@@ -46,6 +48,9 @@ def example_request() -> pd.DataFrame:
 def log_model_kwargs() -> dict:
     return {
         "name": MODEL_NAME,
+        # the package's source travels in the model (`code/multimodal_doubleloop/`, put on
+        # sys.path when it loads), so its requirements.txt installs from PyPI alone
+        "code_paths": [str(Path(__file__).resolve().parents[2])],
         "signature": "auto",
         "input_example": (example_request(), {TOP_K_PARAM: 3}),
         "pip_requirements": [f"{name}=={version(name)}" for name in SERVING_PACKAGES],

@@ -21,8 +21,7 @@ from ...data.images import to_float
 from ...data.requests import RequestError, decode_requests, encode_image, request_table
 from ...data.tokenizer import encode
 from ...models import ModelConfig
-from ...training.precision import resolve_device
-from ..evaluation.nodes import load_trained_model
+from ...models.serving import ServingModel
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ def make_example_requests(samples: pd.DataFrame, raw_images: ImageRoot, params: 
 def preprocess_requests(inference_requests: pd.DataFrame, inference_model: dict, inference_tokenizer: str) -> dict:
     """Validated requests -> the model batch: unique images as uint8 (M, S, S, 3), the
     image row of each text and its token ids, as training batches them."""
-    config = ModelConfig.from_dict(inference_model["config"])
+    config = ModelConfig.from_dict(ServingModel.of(inference_model).config)
     try:
         pixels, image_index, texts = decode_requests(inference_requests, config.vision.image_size)
     except RequestError as exc:
@@ -110,11 +109,12 @@ def _head_output(head: torch.nn.Module, features, image_index: torch.Tensor) -> 
     return {"values": values.cpu().numpy()}
 
 
-def predict(batch: dict, inference_model: dict) -> dict[str, dict[str, np.ndarray]]:
+def predict(batch: dict, inference_model: ServingModel | dict) -> dict[str, dict[str, np.ndarray]]:
     """Every head of the trained model on the batch: class probabilities, caption ids
-    or embeddings, keyed by head name."""
-    device = resolve_device("auto")
-    model = load_trained_model(inference_model).to(device)
+    or embeddings, keyed by head name. The network is the one `inference_model` holds
+    (built when the served model loaded); a plain trained-model dict is built here."""
+    served = ServingModel.of(inference_model)
+    model, device = served.network, served.device
     index = batch["image_index"].to(device)
     with torch.inference_mode():
         features = model.features(
@@ -124,7 +124,7 @@ def predict(batch: dict, inference_model: dict) -> dict[str, dict[str, np.ndarra
             image_index=index,
         )
         outputs = {name: _head_output(head, features, index) for name, head in model.heads.items()}
-    for name, names in (inference_model.get("labels") or {}).items():
+    for name, names in served.labels.items():
         if name in outputs and "values" in outputs[name]:
             outputs[name]["labels"] = np.asarray(names, dtype=object)  # class names of the head
             outputs[name]["multilabel"] = np.asarray(model.heads[name].cfg.type == "multilabel")

@@ -1,0 +1,51 @@
+"""The champion rule on a real MLflow store: every train run's model is a new version;
+the `champion` alias moves only to a version whose test accuracy beats the champion's."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from multimodal_doubleloop.io.hooks import run_name
+from multimodal_doubleloop.io.registry import CHAMPION, register_and_promote
+
+
+class Echo(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+@pytest.fixture
+def client(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("registry_test")
+    yield mlflow.MlflowClient(uri)
+    mlflow.set_tracking_uri(None)
+
+
+def _train_run(accuracy: float) -> str:
+    with mlflow.start_run() as run:
+        mlflow.log_metric("test_accuracy", accuracy)
+        mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
+    return run.info.run_id
+
+
+def test_champion_moves_only_to_a_better_version(client):
+    decisions = []
+    for accuracy in (0.90, 0.85, 0.95, 0.95):
+        run_id = _train_run(accuracy)
+        decisions.append(register_and_promote(client, run_id, f"runs:/{run_id}/model", "mm"))
+    assert [d["version"] for d in decisions] == [1, 2, 3, 4]
+    assert [d["promoted"] for d in decisions] == [True, False, True, False]  # a tie does not move it
+    assert int(client.get_model_version_by_alias("mm", CHAMPION).version) == 3
+    tags = client.get_model_version("mm", "2").tags
+    assert tags["promoted_to_champion"] == "false" and tags["champion_before"].startswith("v1 (0.9")
+    assert tags["test_accuracy"] == "0.850000"
+
+
+def test_run_names_say_what_differs():
+    params = {"ingestion": {"source": "table"}, "model": {"preset": "cpu"},
+              "training": {"lr": 0.01, "controller": {"method": "double_loop"}}}
+    assert run_name("train", params) == "train table cpu double_loop lr=0.01"
