@@ -114,7 +114,7 @@ def write_image_folder(table: pd.DataFrame, root: str) -> None:
 
 
 WRITERS = {"table": write_table, "vqa_v2": write_vqa_v2, "coco_captions": write_coco, "image_folder": write_image_folder}
-EXTRA = {"vqa_v2": ["ingestion.vqa_v2.image={split}/{id}.png"]}
+EXTRA = {"vqa_v2": ["ingestion.vqa_v2.image='{split}/{id}.png'"]}  # quoted: --params values are YAML
 PIPELINE = {"coco_captions": "fit"}  # captions have no answers: no serving package
 
 

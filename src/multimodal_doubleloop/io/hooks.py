@@ -83,15 +83,15 @@ class MlflowRunHooks:
             return
         params = {k: catalog.load(f"params:{k}") for k in ("ingestion", "model", "training")
                   if catalog.exists(f"params:{k}")}
-        mlflow.set_tag("mlflow.runName", run_name(run_params.get("pipeline_name") or "__default__", params))
+        pipelines = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
+        mlflow.set_tag("mlflow.runName", run_name("+".join(pipelines), params))
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data, node) -> None:
         if dataset_name != "samples" or mlflow.active_run() is None:
             return
-        sources = sorted(set(data["source"])) if "source" in data else []
-        dataset = mlflow.data.from_pandas(data, name="samples", source=f"kedro:samples ({', '.join(sources)})")
-        mlflow.log_input(dataset, context="training")
+        mlflow.log_input(mlflow.data.from_pandas(data, name="samples"), context="training")
+        mlflow.set_tag("data_source", ", ".join(sorted(set(data["source"]))))
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict, run_result, pipeline, catalog) -> None:
