@@ -72,7 +72,7 @@ def write_vqa_v2(table: pd.DataFrame, root: str) -> None:
     out = RAW / "vqa_v2"
     out.mkdir(parents=True, exist_ok=True)
     for split, rows in table.groupby("split"):
-        name = f"{split}2014"
+        name = "train2014" if split == "train" else "val2014"  # VQA v2's names (ingestion.vqa_v2.splits)
         ids = rows["image_path"].str.extract(r"(\d+)\.png$")[0].astype(int)
         for rel, image_id in zip(rows["image_path"], ids, strict=True):
             _copy(root, rel, RAW / "coco2014" / name / f"{image_id}.png")
