@@ -53,3 +53,16 @@ def validate_table(table: pd.DataFrame) -> pd.DataFrame:
     out = table.astype({c: t for c, t in CANONICAL_COLUMNS.items()})
     extra = [c for c in table.columns if c not in CANONICAL_COLUMNS]
     return out[list(CANONICAL_COLUMNS) + extra].reset_index(drop=True)
+
+
+# What identifies a table's content for resuming: two tables that agree on these train
+# on the same thing (same rows, images, targets), whatever else differs.
+IDENTITY_COLUMNS = ("sample_id", "image_id", "image_path", "text", "answer", "split", "source")
+
+
+def table_fingerprint(table: pd.DataFrame) -> str:
+    """SHA-256 of the table's identity columns, row by row in order."""
+    import hashlib
+
+    hashed = pd.util.hash_pandas_object(table[list(IDENTITY_COLUMNS)].astype(str), index=False)
+    return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()

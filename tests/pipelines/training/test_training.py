@@ -26,3 +26,22 @@ def test_training_pipeline_on_memory_catalog(samples, images, tokenized, model_p
     assert catalog.load("trained_model")["config"]["heads"]["answer"]["num_outputs"] == len(
         tokenized["answer_vocab"]
     )
+
+
+def test_the_same_texts_on_other_images_or_answers_are_another_configuration(
+    samples, images, tokenized, model_params, training_params, tasks_params
+):
+    """The checkpoint folder follows the data's content: a source with the same texts
+    (hence the same tokenizer and row count) but other images must not resume."""
+    from multimodal_doubleloop.pipelines.training.nodes import prepare_training
+    from multimodal_doubleloop.training.checkpoint import config_digest
+
+    def digest(table):
+        args = (tokenized["encoded_texts"], images["image_ids"], tokenized["answer_vocab"], tokenized["tokenizer"])
+        return config_digest(prepare_training(table, *args, model_params, training_params, tasks_params).run_config)
+
+    moved = samples.assign(image_path="elsewhere/" + samples["image_path"], source="table")
+    relabelled = samples.copy()
+    relabelled.loc[relabelled.index[0], "answer"] = "no" if relabelled["answer"].iloc[0] != "no" else "yes"
+    assert digest(samples) == digest(samples.copy())
+    assert len({digest(samples), digest(moved), digest(relabelled)}) == 3

@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from ...data.batching import encoded_split  # noqa: E402
+from ...data.schema import table_fingerprint  # noqa: E402
 from ...data.tokenizer import fingerprint  # noqa: E402
 from ...models import resolve_model_config  # noqa: E402
 from ...tasks import TaskContext, TasksConfig, TaskSet, special_ids  # noqa: E402
@@ -62,7 +63,13 @@ def prepare_training(
         "model": model_config,
         "training": train_cfg.to_dict(),
         "tasks": tasks.describe(),  # resuming under other task settings is refused
-        "data": {"train_samples": len(encoded["train"]), "tokenizer_sha256": fingerprint(tokenizer)},
+        # the data's content, not only its size: a table of other images or answers with
+        # the same texts (the same tokenizer) must not resume this run's checkpoints
+        "data": {
+            "train_samples": len(encoded["train"]),
+            "tokenizer_sha256": fingerprint(tokenizer),
+            "samples_sha256": table_fingerprint(samples),
+        },
     }
     return Prepared(train_cfg, tasks, model_config, encoded, run_config)
 
