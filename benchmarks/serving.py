@@ -58,9 +58,11 @@ def train_copy(preset: str, workdir: Path) -> Path:
     command = [str(BIN / "kedro"), "run", "--pipeline", "train", "--params", params]
     logger.info("%s: %s", preset, " ".join(command))
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    start = time.perf_counter()
     result = subprocess.run(command, cwd=path, env=env, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"training the {preset} model failed:\n{result.stderr[-3000:]}")
+    logger.info("%s: trained and registered in %.0f s", preset, time.perf_counter() - start)
     return path
 
 
