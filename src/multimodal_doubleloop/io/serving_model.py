@@ -16,7 +16,6 @@ from ..models.serving import ServingModel
 from ..training.precision import resolve_device
 from .torch_model import TorchModelDataset
 
-
 # Loggers of what runs once per request in a served model: kedro-mlflow runs the inference
 # pipeline for each request, and their INFO lines (about fifteen per request, through
 # Rich) took 23 of 40 ms of a single-row request in process. Warnings still show.

@@ -201,7 +201,10 @@ def study_digest(prepared: Prepared, study: StudyConfig, test_questions: int) ->
         {
             "model": prepared.model_config,
             "tasks": prepared.run_config["tasks"],
-            "data": prepared.run_config["data"],
+            # the data's size and tokenizer, as when the committed cells were trained (the
+            # sample table's fingerprint, added since, would orphan them; the study's
+            # data is fixed by its own parameters: easy-VQA, the train pipeline's tasks)
+            "data": {k: v for k, v in prepared.run_config["data"].items() if k != "samples_sha256"},
             "training": study.training,
             "controller": study.controller,
             "test_questions": test_questions,
