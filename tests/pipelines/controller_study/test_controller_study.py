@@ -207,3 +207,18 @@ def test_kedro_run_controller_study_logs_one_nested_run_per_cell(tmp_path, monke
         assert [m.step for m in history] == [1, 2]
     finally:
         mlflow.end_run()
+
+
+def test_a_cell_recorded_before_a_housekeeping_key_existed_is_still_done():
+    """Cells are hours of CPU: a new checkpoint or logging key must not orphan them, while
+    any setting that can change the result does."""
+    from multimodal_doubleloop.pipelines.controller_study.nodes import is_done
+    from multimodal_doubleloop.training.config import TrainConfig
+
+    cfg = TrainConfig.from_dict({"lr": 1e-3, "epochs": 5, "controller": {"method": "double_loop"}})
+    record = {"study_digest": "s", "training": {k: v for k, v in cfg.to_dict().items() if k != "keep_configs"}}
+    record["training"]["log_every"] = 999
+    assert is_done(record, "s", cfg)
+    assert not is_done(record, "other study", cfg)
+    assert not is_done({**record, "training": {**record["training"], "lr": 1e-2}}, "s", cfg)
+    assert not is_done({**record, "training": {**record["training"], "epochs": 4}}, "s", cfg)

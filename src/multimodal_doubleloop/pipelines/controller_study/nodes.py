@@ -42,6 +42,7 @@ from ...config import build  # noqa: E402
 from ...data.batching import first_images  # noqa: E402
 from ...data.images import image_store  # noqa: E402
 from ...models import ModelConfig, build_model  # noqa: E402
+from ...training.checkpoint import RESUMABLE_DIFFERENCES  # noqa: E402
 from ...training.config import TrainConfig  # noqa: E402
 from ...training.evaluate import evaluate  # noqa: E402
 from ...training.fit import fit_any  # noqa: E402
@@ -125,6 +126,25 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# Training keys that cannot change a cell's result (logging, checkpoint housekeeping,
+# workers): a cell recorded before such a key existed, or with another value, is done.
+HOUSEKEEPING = {k.removeprefix("training.") for k in RESUMABLE_DIFFERENCES} - {"epochs", "max_steps"}
+
+
+def _result_settings(training: dict) -> dict:
+    """A cell's training settings that can change its result, as JSON would store them."""
+    kept = {k: v for k, v in training.items() if k not in HOUSEKEEPING}
+    return json.loads(json.dumps(kept, sort_keys=True, default=str))
+
+
+def is_done(record: dict, shared: str, cfg: TrainConfig) -> bool:
+    """Whether a recorded cell was trained with this study's shared settings and this
+    cell's training settings (housekeeping aside)."""
+    return record.get("study_digest") == shared and _result_settings(record.get("training") or {}) == _result_settings(
+        cfg.to_dict()
+    )
+
+
 def question_only_baseline(samples: pd.DataFrame, study_params: dict) -> dict:
     """The bar every cell must clear: answer each test question with the commonest
     training answer to the same question string, never looking at the image (the
@@ -182,7 +202,7 @@ def run_controller_study(
     for lr, method, seed in ((lr, m, s) for lr in study.base_lrs for m in study.methods for s in study.seeds):
         cfg = TrainConfig.from_dict(study.cell_training(training_params, method, lr, seed))
         name, digest = cell_name(method, lr, seed), _digest({"shared": shared, "training": cfg.to_dict()})
-        if done.get(name, {}).get("digest") == digest:
+        if name in done and is_done(done[name], shared, cfg):
             continue
         if name in done:
             logger.info("controller_study: %s was trained with other settings; training it again", name)
