@@ -36,12 +36,5 @@ class ServingModel:
         """`model` itself, or one built from a trained-model dict."""
         return model if isinstance(model, ServingModel) else cls(model)
 
-    def __getitem__(self, key: str):  # the trained-model dict's read keys, for old callers
-        if key == "config":
-            return self.config
-        if key == "labels":
-            return self.labels
-        raise KeyError(f"a ServingModel has 'config' and 'labels' (and .network), not {key!r}")
-
     def __deepcopy__(self, memo: dict) -> ServingModel:
         return self  # read-only at inference: every request shares the one network

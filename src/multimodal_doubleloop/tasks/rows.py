@@ -19,7 +19,8 @@ def task_rows(table: pd.DataFrame, cfg: TaskConfig, name: str = "", source: str 
     optional = getattr(task_type(cfg.type), "optional_columns", lambda _: [])(cfg)
     missing = [c for c in cfg.columns if c not in table.columns and c not in optional]
     if missing:
-        source = source or ", ".join(sorted(set(table["source"]))) if "source" in table else source
+        if not source and "source" in table:
+            source = ", ".join(sorted(set(table["source"])))
         fix = f"drop it from tasks.active (keep the tasks {source or 'this source'} supports)"
         raise ValueError(
             f"{cfg.type} task {name!r} reads column(s) {missing} that the {source or 'sample'} table "
