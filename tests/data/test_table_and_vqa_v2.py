@@ -111,3 +111,62 @@ def test_vqa_accuracy_by_hand():
     assert vqa_accuracy(["two", "2", "three", "four"], [humans] * 4) == pytest.approx([2 / 3, 1.0, 1 / 3, 0.0])
     assert vqa_accuracy(["Yes."], ["yes|yes|no"]) == [pytest.approx(2 / 3)]  # normalised before counting
     assert normalise("  A  Dog. ") == "a dog"
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_table_carrying_image_bytes_decodes_like_the_image_files(tmp_path, fmt):
+    """A table whose image column holds the files' bytes (Parquet binary, base64 text in
+    CSV) ingests, survives the samples Parquet round trip, and decodes to the same pixels
+    as the same table with paths, without reading raw_images."""
+    import base64
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+
+    from multimodal_doubleloop.pipelines.inference.nodes import make_example_requests
+    from multimodal_doubleloop.pipelines.ingestion.nodes import decode_images
+
+    params = {"source": "table", "val_fraction": 0.25, "image_size": 32, "in_memory_images": False, "table": TABLE}
+    make_table(tmp_path / "table", "parquet")
+    by_path, _, _ = ingest(*load_raw("table", tmp_path, **FORMATS["parquet"]), params, None)
+    expected = decode_images(by_path, load_raw("table", tmp_path, **FORMATS["parquet"])[1], {**params, "in_memory_images": True})["pixels"]
+
+    for split in ("train", "test"):  # the same rows, carrying their images' bytes
+        path = tmp_path / "table" / f"{split}.parquet"
+        frame = pd.read_parquet(path)
+        data = [(tmp_path / "table" / "images" / name).read_bytes() for name in frame["image"]]
+        frame["image"] = data if fmt == "parquet" else [base64.b64encode(d).decode() for d in data]
+        path.unlink()
+        frame.to_parquet(path, index=False) if fmt == "parquet" else frame.to_csv(path.with_suffix(".csv"), index=False)
+    shutil.rmtree(tmp_path / "table" / "images")
+    (tmp_path / "table" / "images").mkdir()  # raw_images still declared, now empty
+
+    raw = load_raw("table", tmp_path, **FORMATS[fmt])
+    samples, report, _ = ingest(*raw, {**params, "table": {**TABLE, "image_bytes": True}}, None)
+    assert report.empty and len(samples) == len(by_path)
+    assert samples["image_path"].str.fullmatch(r"embedded/[0-9a-f]{64}").all()
+    samples.to_parquet(tmp_path / "samples.parquet")  # as the catalog stores it
+    samples = pd.read_parquet(tmp_path / "samples.parquet")
+    index = decode_images(samples, raw[1], params)  # lazy asked, decoded in memory
+    assert index["root"] is None and index["pixels"] is not None
+    # identical files are one embedded image: compare each with its first row's file
+    path_row = {s: i for i, s in enumerate(by_path.drop_duplicates("image_id")["sample_id"])}
+    firsts = samples.drop_duplicates("image_id")["sample_id"]
+    assert len(firsts) < len(path_row)  # make_table draws each colour/shape pair more than once
+    for i, sample_id in enumerate(firsts):
+        np.testing.assert_array_equal(index["pixels"][i], expected[path_row[sample_id]])
+    requests = make_example_requests(samples, raw[1], {"example_requests": 2})
+    assert base64.b64decode(requests["image"][0]) == samples[samples.split == "test"]["image_bytes"].iloc[0]
+
+
+def test_table_image_bytes_errors_name_the_row(tmp_path):
+    import pandas as pd
+
+    (tmp_path / "table" / "images").mkdir(parents=True)
+    pd.DataFrame({"image": ["not base64!", ""], "question": ["q", "q"], "label": ["a", "b"]}).to_csv(
+        tmp_path / "table" / "train.csv", index=False
+    )
+    cfg = table_cfg(image_bytes=True, labels="", target="", splits={"train": "train"})
+    with pytest.raises(ValueError, match=r"'train' row 0: the image column holds text that is not base64"):
+        table.read(*load_raw("table", tmp_path), cfg)

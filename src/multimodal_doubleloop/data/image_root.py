@@ -8,6 +8,8 @@ rebuild the filesystem), and opening a missing file names the full location.
 
 from __future__ import annotations
 
+import io
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import IO
@@ -62,3 +64,41 @@ class ImageRoot:
     def __setstate__(self, state: dict) -> None:
         object.__setattr__(self, "url", state["url"])
         object.__setattr__(self, "storage_options", state["storage_options"])
+
+
+EMBEDDED_COLUMN = "image_bytes"  # a sample table column holding each row's image file bytes
+EMBEDDED_PREFIX = "embedded/"  # image_path of an embedded image: embedded/<sha256 of its bytes>
+
+
+class EmbeddedImages:
+    """Image files carried in the sample table itself (a table source whose image column
+    holds the bytes): the same `open`/`where`/`isfile` as an `ImageRoot`, keyed by the
+    rows' `image_path`, so screening, decoding and example requests read them alike."""
+
+    url = "embedded:samples"
+
+    def __init__(self, files: Mapping[str, bytes]):
+        self._files = dict(files)
+
+    def open(self, relative: str) -> IO[bytes]:
+        if relative not in self._files:
+            raise FileNotFoundError(f"image file not found: {self.where(relative)}")
+        return io.BytesIO(self._files[relative])
+
+    def where(self, relative: str) -> str:
+        return f"{self.url}/{relative}"
+
+    def isfile(self, relative: str) -> bool:
+        return relative in self._files
+
+    def isdir(self, relative: str = "") -> bool:
+        return not relative
+
+
+def images_of(samples, root: ImageRoot) -> ImageRoot | EmbeddedImages:
+    """Where a sample table's images are: in the table (its `image_bytes` column) or
+    under `root` (the catalog's `raw_images`)."""
+    if EMBEDDED_COLUMN not in samples.columns:
+        return root
+    unique = samples.drop_duplicates("image_path")
+    return EmbeddedImages(dict(zip(unique["image_path"], unique[EMBEDDED_COLUMN], strict=True)))

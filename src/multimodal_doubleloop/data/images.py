@@ -10,7 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
 
-from .image_root import ImageRoot
+from .image_root import EmbeddedImages, ImageRoot
 
 
 def decode_image(root: ImageRoot, path: str, size: int) -> np.ndarray:
@@ -135,7 +135,7 @@ class LazyImages:
 
 
 def build_image_index(
-    table, root: ImageRoot, size: int, in_memory: bool, augment: AugmentConfig | None = None
+    table, root: ImageRoot | EmbeddedImages, size: int, in_memory: bool, augment: AugmentConfig | None = None
 ) -> dict:
     """The image data of a sample table: unique images in first-seen order, decoded
     into memory when `in_memory` (small data sets) or left as paths under `root` to
@@ -148,7 +148,7 @@ def build_image_index(
         "size": size,
         "pixels": decode_all(root, paths, size) if in_memory else None,
         "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(augment or AugmentConfig()).items()},
-        "root": root,
+        "root": root if isinstance(root, ImageRoot) else None,  # embedded images live in `pixels`
     }
 
 

@@ -10,17 +10,26 @@ One canonical row per table row: `text` and `answer` from their columns,
 image; "caption": it describes it, for retrieval and captioning). Optional columns
 are kept for tasks: `labels` (multi-label, a list or "a|b" string, joined with "|")
 and `target` (a number, for regression).
+
+With `ingestion.table.image_bytes: true` the image column holds each image file's
+bytes (a Parquet binary column, or base64 text in CSV and JSON lines) instead of a
+path: the table keeps them in an `image_bytes` column, each image's path becomes
+`embedded/<sha256 of its bytes>` (identical images are one image), and `raw_images`
+is not read.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from ..image_root import ImageRoot
+from ..image_root import EMBEDDED_COLUMN, EMBEDDED_PREFIX, ImageRoot
 from ..quality import problems_frame
 from ..schema import SPLITS
 from ..splits import hold_out_val_images
@@ -35,7 +44,8 @@ LABEL_SEPARATOR = "|"
 
 @dataclass
 class TableConfig:
-    image: str = "image"  # column: image path relative to raw_images
+    image: str = "image"  # column: image path relative to raw_images (or its bytes: image_bytes)
+    image_bytes: bool = False  # the image column holds the file's bytes (binary, or base64 text)
     text: str = "text"  # column: the question or caption
     answer: str = "answer"  # column: the answer or class; "" = none (retrieval, captioning)
     split: str = ""  # column of train | val | test; "" = `splits` names a partition per split
@@ -70,6 +80,39 @@ def _labels(values: pd.Series) -> pd.Series:
     return values.map(join)
 
 
+def _image_bytes(value, name: str, row) -> bytes:
+    """One cell of an image-bytes column: raw bytes, or base64 text (a `data:` URL too)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+    elif isinstance(value, str):
+        text = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+        try:
+            data = base64.b64decode("".join(text.split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(
+                f"table partition {name!r} row {row}: the image column holds text that is not base64 "
+                f"({exc}); with ingestion.table.image_bytes the column holds the image file's bytes"
+            ) from exc
+    else:
+        data = b""
+    if not data:
+        raise ValueError(
+            f"table partition {name!r} row {row}: empty image bytes; with ingestion.table.image_bytes "
+            "every row needs its image file's bytes (or set image_bytes: false for a path column)"
+        )
+    return data
+
+
+def _image_columns(frame: pd.DataFrame, name: str, cfg: TableConfig) -> dict:
+    """image_id, image_path (and image_bytes) of each row."""
+    if not cfg.image_bytes:
+        paths = frame[cfg.image].astype("string").str.lstrip("/")
+        return {"image_id": "table/" + paths, "image_path": paths}
+    data = [_image_bytes(v, name, row) for row, v in zip(frame.index, frame[cfg.image], strict=True)]
+    paths = pd.Series([EMBEDDED_PREFIX + hashlib.sha256(d).hexdigest() for d in data], index=frame.index, dtype="string")
+    return {"image_id": "table/" + paths, "image_path": paths, EMBEDDED_COLUMN: data}
+
+
 def _rows(frame: pd.DataFrame, name: str, split, cfg: TableConfig) -> pd.DataFrame:
     mapped = {c: getattr(cfg, c) for c in ("image", "text", "answer", "split", "labels", "target", "id")}
     missing = sorted({c for c in mapped.values() if c} - set(frame.columns))
@@ -79,12 +122,12 @@ def _rows(frame: pd.DataFrame, name: str, split, cfg: TableConfig) -> pd.DataFra
             "map yours in ingestion.table (image, text, answer, split, labels, target, id)"
         )
     ids = frame[cfg.id].astype(str) if cfg.id else pd.Series(np.arange(len(frame)), index=frame.index).astype(str)
-    paths = frame[cfg.image].astype("string").str.lstrip("/")
+    images = _image_columns(frame, name, cfg)
     rows = pd.DataFrame(
         {
             "sample_id": f"table/{name}/" + ids,
-            "image_id": "table/" + paths,
-            "image_path": paths,
+            "image_id": images["image_id"],
+            "image_path": images["image_path"],
             "text": frame[cfg.text].astype("string"),
             "answer": frame[cfg.answer].fillna("").astype(str) if cfg.answer else "",
             "split": frame[cfg.split].astype("string") if cfg.split else split,
@@ -92,6 +135,8 @@ def _rows(frame: pd.DataFrame, name: str, split, cfg: TableConfig) -> pd.DataFra
             "source": SOURCE,
         }
     )
+    if EMBEDDED_COLUMN in images:
+        rows[EMBEDDED_COLUMN] = images[EMBEDDED_COLUMN]
     if cfg.labels:
         rows["labels"] = _labels(frame[cfg.labels])
     if cfg.target:

@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from tokenizers import Tokenizer
 
-from ...data.image_root import ImageRoot
+from ...data.image_root import ImageRoot, images_of
 from ...data.images import to_float
 from ...data.requests import RequestError, decode_requests, encode_image, request_table
 from ...data.tokenizer import encode
@@ -66,9 +66,9 @@ def make_example_requests(samples: pd.DataFrame, raw_images: ImageRoot, params: 
     test = samples[samples["split"] == "test"].head(params["example_requests"])
     if test.empty:
         raise ValueError("the sample table has no 'test' rows to make example requests from")
-    images = []
+    images, root = [], images_of(test, raw_images)
     for path in test["image_path"]:
-        with raw_images.open(path) as f:
+        with root.open(path) as f:
             images.append(encode_image(f.read()))
     return request_table(images, test["text"].tolist())
 

@@ -7,7 +7,7 @@ import logging
 import pandas as pd
 
 from ...data.config import IngestionConfig
-from ...data.image_root import ImageRoot
+from ...data.image_root import EmbeddedImages, ImageRoot, images_of
 from ...data.images import build_image_index
 from ...data.quality import apply_policy, screen_images, summarise
 from ...data.schema import validate_table
@@ -47,7 +47,7 @@ def ingest(
     if cfg.max_images_per_split:
         keep = table.drop_duplicates("image_id").groupby("split").head(cfg.max_images_per_split)["image_id"]
         table = table[table["image_id"].isin(set(keep))]
-    table, bad_images = screen_images(table, raw_images, cfg.verify_images, cfg.source)
+    table, bad_images = screen_images(table, images_of(table, raw_images), cfg.verify_images, cfg.source)
     report = apply_policy(pd.concat([problems, bad_images], ignore_index=True), cfg.on_bad_input, cfg.source)
     table = validate_table(table)
     logger.info(
@@ -66,9 +66,15 @@ def ingest_samples(raw_annotations, raw_images: ImageRoot, params: dict, tasks_p
 
 def decode_images(samples: pd.DataFrame, raw_images: ImageRoot, params: dict, model_params: dict | None = None) -> dict:
     """Unique images of the table; pixels decoded in memory when configured, at
-    `ingestion.image_size`, or (0) at the chosen model preset's `vision.image_size`."""
+    `ingestion.image_size`, or (0) at the chosen model preset's `vision.image_size`.
+    Images carried in the table (`image_bytes`) are always decoded in memory: the index
+    has no folder to decode them from later."""
     cfg = IngestionConfig.from_dict(params)
-    return build_image_index(samples, raw_images, image_size(cfg, model_params), cfg.in_memory_images, cfg.augment)
+    images = images_of(samples, raw_images)
+    in_memory = cfg.in_memory_images or isinstance(images, EmbeddedImages)
+    if in_memory and not cfg.in_memory_images:
+        logger.info("decode_images: the sample table carries its images' bytes; decoding them in memory")
+    return build_image_index(samples, images, image_size(cfg, model_params), in_memory, cfg.augment)
 
 
 def image_size(cfg: IngestionConfig, model_params: dict | None) -> int:
