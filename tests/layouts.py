@@ -159,3 +159,16 @@ def copy_to_memory(local: Path, url: str = "memory://raw") -> str:
         if path.is_file():
             fs.pipe(f"/{base}/{path.relative_to(local).as_posix()}", path.read_bytes())
     return url
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG's header and a first, tiny data chunk: all PIL reads to learn the size (a
+    decompression bomb's header, without the bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from layouts import png_header
 from PIL import Image
 
 from multimodal_doubleloop.commands.predict import run_inference
@@ -143,8 +144,9 @@ def test_served_answers_match_in_process_predictions(trained_project, server, mo
         ({"image": base64.b64encode(b"GIF89a? no, plain text").decode()}, "row 1: column 'image' decodes to 22 bytes that are not a PNG or JPEG image"),  # fmt: skip
         ({"text": ""}, "row 1: column 'text' is empty"),
         ({"text": None}, "Model is missing inputs ['text']"),  # the column is dropped
+        ({"image": base64.b64encode(png_header(12000, 12000)).decode()}, "row 1: column 'image' is a 12000x12000 image (144000000 pixels), over the limit of 16000000 pixels (inference.limits.max_image_pixels)"),  # fmt: skip
     ],
-    ids=["bad-base64", "not-an-image", "empty-text", "missing-column"],
+    ids=["bad-base64", "not-an-image", "empty-text", "missing-column", "pixel-bomb"],
 )
 def test_bad_requests_get_400_with_a_clear_message_and_the_server_stays_up(trained_project, server, change, message):  # fmt: skip
     frame = _requests(trained_project).head(2).copy()
@@ -188,3 +190,5 @@ def test_train_run_is_named_logs_its_input_and_registers_the_champion(trained_pr
     assert run.info.run_name == "train easy_vqa tiny double_loop lr=0.001"
     (logged,) = [d.dataset for d in run.inputs.dataset_inputs]
     assert logged.name == "samples" and logged.digest and run.data.tags["data_source"] == "easy_vqa"
+    experiment = client.get_experiment(run.info.experiment_id)  # `mlflow ui` opens on "Training runs"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -4,11 +4,13 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
+from layouts import png_header
 from PIL import Image
 
 from multimodal_doubleloop.data.images import decode_image
 from multimodal_doubleloop.data.requests import (
     RequestError,
+    RequestLimits,
     decode_base64_image,
     decode_requests,
     encode_image,
@@ -83,3 +85,19 @@ def test_decode_requests_dedupes_images_and_keeps_order():
 def test_bad_tables_say_which_row_and_column(table, message):
     with pytest.raises(RequestError, match=message):
         decode_requests(table, 32)
+
+
+def test_limits_refuse_a_request_before_decoding_it():
+    limits = RequestLimits()
+    bomb = encode_image(png_header(12000, 12000))  # 144 M pixels in 33 bytes
+    with pytest.raises(RequestError, match=r"row 5: .* 12000x12000 image \(144000000 pixels\), over the limit of 16000000 pixels \(inference.limits.max_image_pixels\)"):  # fmt: skip
+        decode_base64_image(bomb, 64, row=5, limits=limits)
+    big = encode_image(b"\0" * (2**20 + 3))
+    with pytest.raises(RequestError, match=r"over the limit of 1048576 bytes \(inference.limits.max_image_bytes\)"):
+        decode_base64_image(big, 64, limits=RequestLimits(max_image_bytes=2**20))
+    ok = encode_image(_image_bytes("PNG"))
+    with pytest.raises(RequestError, match=r"3 rows, over the limit of 2 \(inference.limits.max_rows\)"):
+        decode_requests(request_table([ok] * 3, ["q"] * 3), 32, RequestLimits(max_rows=2))
+    assert decode_requests(request_table([ok] * 2, ["q"] * 2), 32, RequestLimits(max_rows=2))[0].shape == (1, 32, 32, 3)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        RequestLimits(max_rows=-1)

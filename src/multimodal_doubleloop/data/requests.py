@@ -3,6 +3,10 @@
 Every row is checked before any model work, and a bad row fails with its index, its
 column and what to send instead (`RequestError`). Images go through the same
 RGB conversion and resize as training images (`images.to_rgb_array`).
+
+`RequestLimits` bound what one request may cost before anything is decoded: the rows,
+each image's file size, and each image's pixel count read from its header (a 140 KB
+PNG can hold 144 M black pixels, seconds of decoding).
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import warnings
+from dataclasses import dataclass
 from os import PathLike
 
 import numpy as np
@@ -28,6 +34,22 @@ class RequestError(ValueError):
     """A request the model cannot answer; the message says which row and what to fix."""
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask of the server (`inference.limits`); 0 = no limit."""
+
+    max_rows: int = 1024  # rows per request
+    max_image_bytes: int = 16 * 2**20  # each image file, after base64 decoding
+    max_image_pixels: int = 16_000_000  # each image's width x height, read from its header
+
+    def __post_init__(self):
+        if min(self.max_rows, self.max_image_bytes, self.max_image_pixels) < 0:
+            raise ValueError(f"inference.limits {self}: every limit must be >= 0 (0 = none)")
+
+
+NO_LIMITS = RequestLimits(0, 0, 0)
+
+
 def encode_image(data: bytes) -> str:
     """Image file bytes -> the base64 text a request carries."""
     return base64.b64encode(data).decode("ascii")
@@ -42,7 +64,7 @@ def request_table(images_b64: list[str], texts: list[str]) -> pd.DataFrame:
     return pd.DataFrame({IMAGE_COLUMN: images_b64, TEXT_COLUMN: texts})
 
 
-def _image_bytes(value, row) -> bytes:
+def _image_bytes(value, row, max_bytes: int = 0) -> bytes:
     if not isinstance(value, str):
         raise RequestError(
             f"row {row}: column {IMAGE_COLUMN!r} must be a base64 string, got {type(value).__name__}"
@@ -53,6 +75,11 @@ def _image_bytes(value, row) -> bytes:
     text = "".join(text.split())  # base64 wrapped over lines (`base64` without -w0)
     if not text:
         raise RequestError(f"row {row}: column {IMAGE_COLUMN!r} is empty; send a base64 PNG or JPEG")
+    if max_bytes and len(text) // 4 * 3 > max_bytes:  # checked before decoding
+        raise RequestError(
+            f"row {row}: column {IMAGE_COLUMN!r} holds a {len(text) // 4 * 3}-byte image, over the "
+            f"limit of {max_bytes} bytes (inference.limits.max_image_bytes); send a smaller file"
+        )
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -62,11 +89,21 @@ def _image_bytes(value, row) -> bytes:
         ) from exc
 
 
-def decode_base64_image(value, size: int, row=0) -> np.ndarray:
+def decode_base64_image(value, size: int, row=0, limits: RequestLimits = NO_LIMITS) -> np.ndarray:
     """A base64 PNG/JPEG -> RGB uint8 (size, size, 3), as training decodes image files."""
-    data = _image_bytes(value, row)
+    data = _image_bytes(value, row, limits.max_image_bytes)
     try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
+        with warnings.catch_warnings():  # our limit, below, decides (PIL warns from 89 M pixels)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)  # reads the header only
+        with im:
+            width, height = im.size
+            if limits.max_image_pixels and width * height > limits.max_image_pixels:
+                raise RequestError(
+                    f"row {row}: column {IMAGE_COLUMN!r} is a {width}x{height} image ({width * height} "
+                    f"pixels), over the limit of {limits.max_image_pixels} pixels "
+                    "(inference.limits.max_image_pixels); send a smaller image"
+                )
             return to_rgb_array(im, size)
     except UnidentifiedImageError as exc:
         raise RequestError(
@@ -87,7 +124,9 @@ def validate_text(value, row=0) -> str:
     return value
 
 
-def decode_requests(table: pd.DataFrame, image_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def decode_requests(
+    table: pd.DataFrame, image_size: int, limits: RequestLimits = NO_LIMITS
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Validate a request table. Returns the unique images as uint8 (M, S, S, 3), the
     image row of each request (N,) and the texts; identical images are decoded once."""
     if not isinstance(table, pd.DataFrame):
@@ -100,13 +139,18 @@ def decode_requests(table: pd.DataFrame, image_size: int) -> tuple[np.ndarray, n
         )
     if table.empty:
         raise RequestError(f"requests have no rows; send at least one ({', '.join(REQUEST_COLUMNS)}) row")
+    if limits.max_rows and len(table) > limits.max_rows:
+        raise RequestError(
+            f"the request has {len(table)} rows, over the limit of {limits.max_rows} "
+            "(inference.limits.max_rows); split it into smaller requests"
+        )
     texts = [validate_text(v, row) for row, v in zip(table.index, table[TEXT_COLUMN], strict=True)]
     first_row: dict[str, int] = {}
     image_index = np.empty(len(table), dtype=np.int64)
     pixels = []
     for i, (row, value) in enumerate(zip(table.index, table[IMAGE_COLUMN], strict=True)):
         if not isinstance(value, str) or value not in first_row:
-            pixels.append(decode_base64_image(value, image_size, row))  # raises unless a str
+            pixels.append(decode_base64_image(value, image_size, row, limits))  # raises unless a str
             first_row[value] = len(pixels) - 1
         image_index[i] = first_row[value]
     return np.stack(pixels), image_index, texts

@@ -67,10 +67,16 @@ def run_name(pipeline: str, params: dict) -> str:
     )
 
 
+# `mlflow ui` (3.x) opens an experiment of this kind on its "Training runs" table rather
+# than the GenAI overview (traces, token usage).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 class MlflowRunHooks:
     """The run kedro-mlflow opened (its hooks run before these): a name from what
-    distinguishes it, the sample table as an input (a digest and schema, not the data)
-    and, after a `train` run, the logged model registered with the champion rule."""
+    distinguishes it, the experiment tagged as model training (`mlflow ui` opens on its
+    runs), the sample table as an input (a digest and schema, not the data) and, after
+    a `train` run, the logged model registered with the champion rule."""
 
     def __init__(self):
         self._run_id = None
@@ -85,6 +91,10 @@ class MlflowRunHooks:
                   if catalog.exists(f"params:{k}")}
         pipelines = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
         mlflow.set_tag("mlflow.runName", run_name("+".join(pipelines), params))
+        client = mlflow.MlflowClient()
+        experiment = client.get_experiment(run.info.experiment_id)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data, node) -> None:

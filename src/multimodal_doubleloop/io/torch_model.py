@@ -53,6 +53,8 @@ class TorchModelDataset(AbstractVersionedDataset[dict, dict]):
             payload = {"config": data["config"], "state_dict": data["state_dict"]}
             if data.get("labels"):
                 payload["labels"] = {k: list(map(str, v)) for k, v in data["labels"].items()}
+            if data.get("request_limits"):  # a packaged serving model's limits: {name: int}
+                payload["request_limits"] = {str(k): int(v) for k, v in data["request_limits"].items()}
             torch.save(payload, f)
 
     def _describe(self) -> dict[str, Any]:

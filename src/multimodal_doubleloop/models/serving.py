@@ -23,11 +23,14 @@ def load_trained_model(trained_model: dict) -> MultimodalModel:
 
 
 class ServingModel:
-    """The built network (eval mode, on `device`), its config and head class names."""
+    """The built network (eval mode, on `device`), its config, head class names and
+    request limits."""
 
     def __init__(self, trained_model: dict, device: str | torch.device = "cpu"):
         self.config: dict = trained_model["config"]
         self.labels: dict[str, list[str]] = dict(trained_model.get("labels") or {})
+        # what one request may cost (`inference.limits` when packaged; {} = the defaults)
+        self.request_limits: dict = dict(trained_model.get("request_limits") or {})
         self.network = load_trained_model(trained_model).to(device)
         self.device = torch.device(device)
 

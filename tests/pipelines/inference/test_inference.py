@@ -100,14 +100,29 @@ def test_packaging_writes_checked_copies_and_example_requests(samples, easy_vqa_
             "samples": samples,
             "raw_images": easy_vqa_raw[1],
             "params:inference": {"top_k": 3, "example_requests": 3},
+            "params:inference.limits": {"max_rows": 2},
         },
     )
-    assert catalog.load("inference_model") is model
+    packed = catalog.load("inference_model")
+    assert packed["state_dict"] is model["state_dict"] and packed["request_limits"]["max_rows"] == 2
     requests = catalog.load("inference_requests")
     assert list(requests.columns) == ["image", "text"] and len(requests) == 3
     assert base64.b64decode(requests["image"].iloc[0]).startswith(b"\x89PNG")
     # the requests the train run writes are answerable by the model it packs
-    assert len(_predict(requests, model, tokenized)) == 3
+    assert len(_predict(requests.head(2), packed, tokenized)) == 2
+    with pytest.raises(InvalidRequestError, match=r"3 rows, over the limit of 2 \(inference.limits.max_rows\)"):
+        _predict(requests, packed, tokenized)  # the packed model serves under its limits
+    with pytest.raises(ValueError, match="inference.limits=.*use the keys of RequestLimits"):
+        package_for_serving(model, tokenized["tokenizer"], tokenized["answer_vocab"], {"max_pixels": 1})
+
+
+def test_served_model_file_keeps_its_request_limits(tmp_path, tokenized, model_params):
+    from multimodal_doubleloop.io import ServingModelDataset
+
+    packed, _, _ = package_for_serving(_model(tokenized, model_params), tokenized["tokenizer"], tokenized["answer_vocab"], {"max_image_pixels": 5})  # fmt: skip
+    dataset = ServingModelDataset(filepath=str(tmp_path / "model.pt"))
+    dataset.save(packed)
+    assert dataset.load().request_limits == {"max_rows": 1024, "max_image_bytes": 16 * 2**20, "max_image_pixels": 5}
 
 
 def test_packaging_refuses_artifacts_of_different_runs(tokenized, model_params):

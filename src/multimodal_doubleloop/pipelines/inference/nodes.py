@@ -8,6 +8,7 @@ The same nodes run in `kedro run --pipeline inference`, inside the MLflow model 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,13 @@ from tokenizers import Tokenizer
 
 from ...data.image_root import ImageRoot, images_of
 from ...data.images import to_float
-from ...data.requests import RequestError, decode_requests, encode_image, request_table
+from ...data.requests import (
+    RequestError,
+    RequestLimits,
+    decode_requests,
+    encode_image,
+    request_table,
+)
 from ...data.tokenizer import encode
 from ...models import ModelConfig
 from ...models.serving import ServingModel
@@ -36,9 +43,18 @@ class InvalidRequestError(MlflowException, RequestError):
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def package_for_serving(trained_model: dict, tokenizer: str, answer_vocab: list[str]) -> tuple[dict, str, list[str]]:
+def package_for_serving(
+    trained_model: dict, tokenizer: str, answer_vocab: list[str], limits: dict | None = None
+) -> tuple[dict, str, list[str]]:
     """Check that model, tokenizer and answer vocabulary belong together; returns them
-    for the unversioned copies the MLflow model packs."""
+    for the unversioned copies the MLflow model packs, the model with the request
+    `limits` it will serve under (`inference.limits`; None = those it already has)."""
+    if limits is None:
+        limits = trained_model.get("request_limits")
+    try:
+        limits = asdict(RequestLimits(**(limits or {})))
+    except TypeError as exc:
+        raise ValueError(f"inference.limits={limits!r}: use the keys of RequestLimits ({exc})") from exc
     config = ModelConfig.from_dict(trained_model["config"])
     if config.vision is None or config.text is None:
         raise ValueError("serving needs a model with a vision and a text tower: requests carry both")
@@ -56,7 +72,7 @@ def package_for_serving(trained_model: dict, tokenizer: str, answer_vocab: list[
             f"model text vocab_size={config.text.vocab_size} but the tokenizer has "
             f"{vocab_size} tokens: they come from different runs"
         )
-    return trained_model, tokenizer, answer_vocab
+    return {**trained_model, "request_limits": limits}, tokenizer, answer_vocab
 
 
 def make_example_requests(samples: pd.DataFrame, raw_images: ImageRoot, params: dict) -> pd.DataFrame:
@@ -75,10 +91,14 @@ def make_example_requests(samples: pd.DataFrame, raw_images: ImageRoot, params: 
 
 def preprocess_requests(inference_requests: pd.DataFrame, inference_model: dict, inference_tokenizer: str) -> dict:
     """Validated requests -> the model batch: unique images as uint8 (M, S, S, 3), the
-    image row of each text and its token ids, as training batches them."""
-    config = ModelConfig.from_dict(ServingModel.of(inference_model).config)
+    image row of each text and its token ids, as training batches them. A request over
+    the model's limits (`inference.limits` when it was packaged: rows, image bytes,
+    image pixels) is refused before anything is decoded."""
+    served = ServingModel.of(inference_model)
+    config = ModelConfig.from_dict(served.config)
+    limits = RequestLimits(**served.request_limits)
     try:
-        pixels, image_index, texts = decode_requests(inference_requests, config.vision.image_size)
+        pixels, image_index, texts = decode_requests(inference_requests, config.vision.image_size, limits)
     except RequestError as exc:
         raise InvalidRequestError(str(exc)) from exc
     ids, mask = encode(Tokenizer.from_str(inference_tokenizer), texts, config.text.max_length)

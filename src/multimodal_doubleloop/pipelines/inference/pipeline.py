@@ -37,7 +37,7 @@ def create_packaging_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 package_for_serving,
-                ["trained_model", "tokenizer", "answer_vocab"],
+                ["trained_model", "tokenizer", "answer_vocab", "params:inference.limits"],
                 ["inference_model", "inference_tokenizer", "inference_answer_vocab"],
                 name="package_for_serving",
             ),
