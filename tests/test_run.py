@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -26,11 +27,11 @@ def project(tmp_path):
     return tmp_path  # kedro runs with cwd=tmp_path: the sqlite MLflow store is tmp_path/mlflow.db
 
 
-def run_kedro(project: Path, pipeline: str = "train") -> None:
+def run_kedro(project: Path, pipeline: str = "train", *extra: str) -> None:
     """`kedro run --pipeline=<pipeline> --env test` in its own process: kedro-mlflow
     keeps an MLflow run active per process, which would leak into other tests' stores."""
     proc = subprocess.run(
-        [sys.executable, "-m", "kedro", "run", f"--pipeline={pipeline}", "--env", "test"],
+        [sys.executable, "-m", "kedro", "run", f"--pipeline={pipeline}", "--env", "test", *extra],
         cwd=project,
         capture_output=True,
         text=True,
@@ -65,6 +66,25 @@ def test_train_pipeline_end_to_end(project):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "tokenizer")}
     artifacts |= {a.path for a in client.list_artifacts(run.info.run_id, "reporting")}
     assert {"tokenizer/tokenizer.json", "tokenizer/answer_vocab.json", "reporting/confusion_matrix.png"} <= artifacts
+
+    # params are the resolved model and training config: the built model, not every preset
+    params = run.data.params
+    assert not [k for k in params if k.startswith("model.presets") or k == "model.preset"]
+    assert params["model.text.vocab_size"] == str(len(json.loads((project / "data/06_models/tokenizer.json").glob("*/tokenizer.json").__next__().read_text())["model"]["vocab"]))  # fmt: skip
+    model = torch.load(next((project / "data/06_models/model.pt").glob("*/model.pt")), weights_only=True)
+    assert params["model.parameters"] == str(sum(t.numel() for t in model["state_dict"].values()))
+    assert params["model.heads.answer.num_outputs"] == str(len(model["labels"]["answer"]))
+    assert params["tasks.active"] == "answer+attributes" and params["training.controller.method"] == "double_loop"
+
+    # a second run at another LR differs from the first in exactly that param
+    run_kedro(project, "train", "--params", "training.lr=0.002")
+    first, second = sorted(
+        mlflow.search_runs(experiment_names=["multimodal_doubleloop"], output_format="list"),
+        key=lambda r: r.info.start_time,
+    )
+    a, b = first.data.params, second.data.params
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"training.lr"}
+    assert (a["training.lr"], b["training.lr"]) == ("0.001", "0.002")
 
 
 @pytest.mark.slow

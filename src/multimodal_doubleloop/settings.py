@@ -9,6 +9,7 @@ from multimodal_doubleloop.io.hooks import (
     MlflowRunHooks,
     MlflowVersionedArtifactHooks,
     ParameterCheckHooks,
+    ProjectMlflowHook,
 )
 
 
@@ -18,7 +19,11 @@ def project_root() -> str:
     return str(find_kedro_project(Path.cwd()) or Path.cwd())
 
 
-HOOKS = (ParameterCheckHooks(), MlflowVersionedArtifactHooks(), MlflowRunHooks())
+# kedro-mlflow's hook comes from here, not its plugin entry point: the project's
+# subclass logs the model, training and tasks parameters resolved (io.hooks). Hooks
+# registered later run first, so it opens the MLflow run before the others use it.
+HOOKS = (ParameterCheckHooks(), MlflowVersionedArtifactHooks(), MlflowRunHooks(), ProjectMlflowHook())
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # the name its metadata gives, and the usual spelling
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

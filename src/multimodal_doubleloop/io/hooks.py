@@ -1,6 +1,13 @@
 """Project hooks: check every parameter before anything runs; log versioned catalog
 files to the active MLflow run; name the run, log its sample table as an MLflow
-input, and register the model a `train` run logs (`io.registry`).
+input, log the resolved model and training config as its params, and register the
+model a `train` run logs (`io.registry`).
+
+kedro-mlflow's hook is registered here (`ProjectMlflowHook`, its plugin entry point
+disabled in settings) so that it logs the parameters of every node as given except
+`model`, `training` and `tasks`: those are logged resolved, once (`resolved_params`),
+so two runs differ in exactly the settings that made them differ, not in presets
+neither used.
 
 kedro-mlflow's `MlflowArtifactDataset` cannot wrap a *versioned* dataset under
 Kedro 1.x lazy catalogs (the wrapper gets its own save version and the catalog
@@ -15,6 +22,7 @@ from pathlib import Path
 
 import mlflow
 from kedro.framework.hooks import hook_impl
+from kedro_mlflow.framework.hooks import MlflowHook
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +46,47 @@ class MlflowVersionedArtifactHooks:
         path = Path(str(dataset._get_versioned_path(dataset.resolve_save_version())))
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
         logger.info("Logged %s to MLflow as %s/%s", path, artifact_path, path.name)
+
+
+# Node parameters logged resolved (`resolved_params`) rather than as given.
+RESOLVED_PARAMS = ("params:model", "params:training", "params:tasks")
+
+
+class ProjectMlflowHook(MlflowHook):
+    """kedro-mlflow's hook, logging node parameters except `RESOLVED_PARAMS`."""
+
+    @hook_impl
+    def before_node_run(self, node, catalog, inputs: dict, is_async: bool) -> None:
+        kept = {k: v for k, v in inputs.items() if k not in RESOLVED_PARAMS}
+        super().before_node_run(node=node, catalog=catalog, inputs=kept, is_async=is_async)
+
+
+def _flatten(prefix: str, value, out: dict) -> dict:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}", item, out)
+    else:
+        out[prefix] = ",".join(map(str, value)) if isinstance(value, list | tuple) else value
+    return out
+
+
+def resolved_params(trained_model: dict, training_params: dict, tasks_params: dict | None) -> dict:
+    """What a trained model was built and trained with, flat: the model as built
+    (`model.*`: the chosen preset's towers with vocabulary size and head outputs
+    filled in, and `model.parameters`), the training config with its defaults
+    (`training.*`) and the active tasks (`tasks.*`)."""
+    from dataclasses import asdict
+
+    from ..tasks import TasksConfig
+    from ..training.config import TrainConfig
+
+    tasks = TasksConfig.from_dict(tasks_params)
+    flat = _flatten("model", trained_model["config"], {})
+    flat["model.parameters"] = sum(int(t.numel()) for t in trained_model["state_dict"].values())
+    _flatten("training", TrainConfig.from_dict(training_params).to_dict(), flat)
+    active = {"active": "+".join(tasks.active), "weighting": tasks.weighting}
+    _flatten("tasks", {**active, **{n: asdict(t) for n, t in tasks.selected().items()}}, flat)
+    return flat
 
 
 class ParameterCheckHooks:
@@ -95,6 +144,15 @@ class MlflowRunHooks:
         experiment = client.get_experiment(run.info.experiment_id)
         if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
             client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+    @hook_impl
+    def after_node_run(self, node, inputs: dict, outputs: dict) -> None:
+        if "trained_model" not in outputs or mlflow.active_run() is None:
+            return
+        flat = resolved_params(outputs["trained_model"], inputs.get("params:training") or {}, inputs.get("params:tasks"))
+        items = sorted(flat.items())
+        for start in range(0, len(items), 100):  # MLflow's batch limit
+            mlflow.log_params(dict(items[start : start + 100]))
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data, node) -> None:
