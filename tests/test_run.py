@@ -100,3 +100,51 @@ def test_torchrun_entry_point_trains_from_the_catalog(project):
     history = json.loads((project / "data/08_reporting/training_history.json").read_text())
     assert len(history) == 1 and history[0]["train_loss"] > 0
     assert len(list((project / "data/06_models/model.pt").iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_a_killed_run_is_continued_as_one_mlflow_run(project):
+    """`kill -9` mid-training, then the same command: the rerun resumes the checkpoint
+    and logs into the MLflow run the killed process left RUNNING; one run, one curve."""
+    import signal
+    import time
+
+    args = ["--params", "training.epochs=20,training.log_every=2"]  # 120 steps, a checkpoint every 4
+    command = [sys.executable, "-m", "kedro", "run", "--pipeline=train", "--env", "test", *args]
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = project / "data/06_models/checkpoints"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("*/step_*.json")):
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint in 300 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    (killed,) = mlflow.search_runs(experiment_names=["multimodal_doubleloop"], output_format="list")
+    assert killed.info.status == "RUNNING"
+
+    run_kedro(project, "train", *args)
+    (run,) = mlflow.search_runs(experiment_names=["multimodal_doubleloop"], output_format="list")
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["project.resumes"] == "1"
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "step_loss")]
+    assert steps == list(range(2, 121, 2))  # one curve from the start: the resumed state kept the killed steps
+
+    # a killed run of another configuration is marked KILLED, not continued
+    proc = subprocess.Popen([*command[:-1], "training.epochs=21,training.log_every=2"], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    client = mlflow.MlflowClient()
+    while len(mlflow.search_runs(experiment_names=["multimodal_doubleloop"], output_format="list")) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_kedro(project, "train", *args)  # the first configuration again: already finished, a new run
+    runs = {r.info.run_id: r for r in mlflow.search_runs(experiment_names=["multimodal_doubleloop"], output_format="list")}
+    assert len(runs) == 3 and runs[run.info.run_id].info.status == "FINISHED"
+    assert sorted(r.info.status for r in runs.values()) == ["FINISHED", "FINISHED", "KILLED"]
+    assert client.get_run(run.info.run_id).data.tags["project.resumes"] == "1"

@@ -17,12 +17,17 @@ and this hook logs the exact file that was just saved.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import socket
 from pathlib import Path
 
 import mlflow
 from kedro.framework.hooks import hook_impl
 from kedro_mlflow.framework.hooks import MlflowHook
+from kedro_mlflow.framework.hooks.utils import _assert_mlflow_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +57,85 @@ class MlflowVersionedArtifactHooks:
 RESOLVED_PARAMS = ("params:model", "params:training", "params:tasks")
 
 
+# Tags of every run this project opens: what makes two runs the same run (a rerun of
+# it resumes its checkpoint), and the process that logs to it.
+IDENTITY_TAG, HOST_TAG, PID_TAG = "project.run_identity", "project.host", "project.pid"
+
+
+def run_identity(pipelines: list[str], env: str | None, params: dict) -> str:
+    """The pipelines, environment and every parameter (`--params` included) of a run."""
+    text = json.dumps({"pipelines": sorted(pipelines), "env": env, "params": params}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _alive(pid: str | None) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def stale_runs(client: mlflow.MlflowClient, experiment_id: str) -> list:
+    """Runs still RUNNING whose process, on this host, is gone (killed, e.g. `kill -9`),
+    newest first."""
+    running = client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", order_by=["attributes.start_time DESC"]
+    )
+    host = socket.gethostname()
+    return [r for r in running if r.data.tags.get(HOST_TAG) == host and not _alive(r.data.tags.get(PID_TAG))]
+
+
 class ProjectMlflowHook(MlflowHook):
-    """kedro-mlflow's hook, logging node parameters except `RESOLVED_PARAMS`."""
+    """kedro-mlflow's hook, logging node parameters except `RESOLVED_PARAMS`, and
+    continuing a killed run: a rerun with the same pipelines, environment and
+    parameters (the configuration whose checkpoint it resumes) logs into the MLflow run
+    the killed process left RUNNING, so `mlflow ui` shows one run with one history.
+    Other killed runs of this host are marked KILLED."""
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        super().after_context_created(context)
+        self._params = context.params
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
+        identity = run_identity(names, run_params.get("env"), getattr(self, "_params", {}))
+        continued = None
+        tracking = self.mlflow_config.tracking
+        if _assert_mlflow_enabled(names, self.mlflow_config) and not self._already_active_mlflow and tracking.run.id is None:
+            continued = self._claim_stale_run(identity)
+            tracking.run.id = continued
+        try:
+            super().before_pipeline_run(run_params=run_params, pipeline=pipeline, catalog=catalog)
+        finally:
+            tracking.run.id = None if continued else tracking.run.id
+        if self._is_mlflow_enabled and mlflow.active_run() is not None:
+            mlflow.set_tags({IDENTITY_TAG: identity, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+
+    def _claim_stale_run(self, identity: str) -> str | None:
+        client = mlflow.MlflowClient()  # kedro-mlflow has set the tracking URI
+        experiment = client.get_experiment_by_name(self.mlflow_config.tracking.experiment.name)
+        if experiment is None:
+            return None
+        stale = stale_runs(client, experiment.experiment_id)
+        same = next((r for r in stale if r.data.tags.get(IDENTITY_TAG) == identity), None)
+        for run in stale:
+            if run is not same:
+                client.set_terminated(run.info.run_id, "KILLED")
+                logger.info("MLflow run %s (%s) was left running by a killed process: marked KILLED", run.info.run_id, run.info.run_name)  # fmt: skip
+        if same is None:
+            return None
+        resumes = int(same.data.tags.get("project.resumes", "0")) + 1
+        client.set_tag(same.info.run_id, "project.resumes", str(resumes))
+        logger.info(
+            "Continuing MLflow run %s (%s), left running by a killed process with these pipelines and parameters",
+            same.info.run_id, same.info.run_name,
+        )
+        return same.info.run_id
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict, is_async: bool) -> None:
