@@ -28,6 +28,7 @@ class ServingModel:
 
     def __init__(self, trained_model: dict, device: str | torch.device = "cpu"):
         self.config: dict = trained_model["config"]
+        self.model_config = ModelConfig.from_dict(self.config)  # parsed once, not per request
         self.labels: dict[str, list[str]] = dict(trained_model.get("labels") or {})
         # what one request may cost (`inference.limits` when packaged; {} = the defaults)
         self.request_limits: dict = dict(trained_model.get("request_limits") or {})

@@ -7,6 +7,7 @@ The same nodes run in `kedro run --pipeline inference`, inside the MLflow model 
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import asdict
 
@@ -33,6 +34,13 @@ from ...models.serving import ServingModel
 logger = logging.getLogger(__name__)
 
 ANSWER_HEAD = "answer"  # the classification head whose classes are `answer_vocab`
+
+
+@functools.lru_cache(maxsize=4)
+def parse_tokenizer(tokenizer: str) -> Tokenizer:
+    """The tokenizer of a JSON string, parsed once per string (a served model's requests
+    all carry the same one)."""
+    return Tokenizer.from_str(tokenizer)
 
 
 class InvalidRequestError(MlflowException, RequestError):
@@ -95,13 +103,13 @@ def preprocess_requests(inference_requests: pd.DataFrame, inference_model: dict,
     the model's limits (`inference.limits` when it was packaged: rows, image bytes,
     image pixels) is refused before anything is decoded."""
     served = ServingModel.of(inference_model)
-    config = ModelConfig.from_dict(served.config)
+    config = served.model_config
     limits = RequestLimits(**served.request_limits)
     try:
         pixels, image_index, texts = decode_requests(inference_requests, config.vision.image_size, limits)
     except RequestError as exc:
         raise InvalidRequestError(str(exc)) from exc
-    ids, mask = encode(Tokenizer.from_str(inference_tokenizer), texts, config.text.max_length)
+    ids, mask = encode(parse_tokenizer(inference_tokenizer), texts, config.text.max_length)
     length = max(int(mask.sum(1).max()), 1)  # trimmed to the longest text, as in training
     return {
         "images": torch.from_numpy(pixels),  # (M, S, S, 3) uint8
@@ -162,7 +170,8 @@ def postprocess_predictions(
     trained model (`tasks.active`) adds its own: a caption's text, contrastive
     embeddings (`<head>_image_embedding`, `<head>_text_embedding`), or its values."""
     first = next(iter(outputs.values()))
-    table = pd.DataFrame(index=range(len(next(iter(first.values())))))  # one row per request
+    rows = len(next(iter(first.values())))
+    table: dict[str, list] = {}  # column -> one value per request, made a frame once
     if ANSWER_HEAD in outputs:
         probs = outputs[ANSWER_HEAD]["values"]  # (B, C)
         k = probs.shape[1] if top_k <= 0 else min(int(top_k), probs.shape[1])
@@ -170,7 +179,7 @@ def postprocess_predictions(
         vocab = np.asarray(inference_answer_vocab, dtype=object)
         top_probs = np.take_along_axis(probs, order, axis=1).astype(float)
         table["answer"] = vocab[order[:, 0]].tolist()
-        table["probability"] = top_probs[:, 0]
+        table["probability"] = top_probs[:, 0].tolist()
         table["top_answers"] = [list(row) for row in vocab[order]]
         table["top_probabilities"] = [list(row) for row in top_probs]
     tokenizer = None
@@ -178,7 +187,7 @@ def postprocess_predictions(
         if name == ANSWER_HEAD:
             continue
         if "ids" in out:
-            tokenizer = tokenizer or Tokenizer.from_str(inference_tokenizer)
+            tokenizer = tokenizer or parse_tokenizer(inference_tokenizer)
             table[name] = tokenizer.decode_batch(out["ids"].tolist(), skip_special_tokens=True)
         elif "labels" in out:  # a head with class names: the predicted names, then the values
             names, values = out["labels"], out["values"]
@@ -191,4 +200,4 @@ def postprocess_predictions(
             for key, values in out.items():
                 column = name if key == "values" else f"{name}_{key}"
                 table[column] = values.astype(float).tolist()  # (B,) or (B, E) -> lists
-    return table
+    return pd.DataFrame(table, index=range(rows))
