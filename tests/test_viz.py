@@ -78,8 +78,12 @@ def test_train_dag_has_every_stage_and_its_edges(viz_build):
     assert not missing, missing
 
 
-def test_inference_dag(viz_build):
-    kinds, edges = _graph(viz_build / "pipelines" / "inference")
+def test_serving_and_batch_inference_dags(viz_build):
+    kinds, edges = _graph(viz_build / "pipelines" / "inference")  # a request table, in batches
+    assert kinds.get("score_requests") == "task"
+    for edge in [("batch_requests", "score_requests"), ("inference_model", "score_requests"), ("score_requests", "batch_predictions")]:  # fmt: skip
+        assert edge in edges, edge
+    kinds, edges = _graph(viz_build / "pipelines" / "serving")  # what the MLflow model runs per request
     assert [n for n in ("preprocess_requests", "predict", "postprocess_predictions") if kinds.get(n) != "task"] == []  # fmt: skip
     for edge in [
         ("inference_requests", "preprocess_requests"),

@@ -45,7 +45,11 @@ def register_pipelines() -> dict[str, Pipeline]:
     study = stages["ingestion"] + stages["tokenization"] + stage(controller_study.create_pipeline(), "controller_study")
     return {
         **stages,
-        "inference": inference.create_pipeline(),
+        # `serving`: what the MLflow model runs per request (on the catalog: the
+        # example requests -> predictions); `inference`: a request table of any
+        # length, scored in batches
+        "serving": inference.create_pipeline(),
+        "inference": inference.create_batch_pipeline(),
         "controller_study": study,
         "fit": fit,
         "train": train,

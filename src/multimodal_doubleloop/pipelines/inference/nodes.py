@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 
 import numpy as np
@@ -201,3 +203,25 @@ def postprocess_predictions(
                 column = name if key == "values" else f"{name}_{key}"
                 table[column] = values.astype(float).tolist()  # (B,) or (B, E) -> lists
     return pd.DataFrame(table, index=range(rows))
+
+
+def score_requests(
+    request_batches: Iterable[pd.DataFrame],
+    inference_model: ServingModel | dict,
+    inference_tokenizer: str,
+    inference_answer_vocab: list[str],
+    top_k: int,
+) -> Iterator[pd.DataFrame]:
+    """Batch scoring of a request table of any length (`kedro run --pipeline=inference`):
+    the served pipeline's three steps on one batch at a time, each batch's predictions
+    saved as it is yielded, so memory stays flat in the number of rows. The network
+    is built once. A bad row fails with its row number in the whole table."""
+    served = ServingModel.of(inference_model)
+    start, started = 0, time.perf_counter()
+    for batch in request_batches:
+        batch = batch.set_axis(range(start, start + len(batch)))  # row numbers of the whole table
+        inputs = preprocess_requests(batch, served, inference_tokenizer)
+        yield postprocess_predictions(predict(inputs, served), inference_tokenizer, inference_answer_vocab, top_k)
+        start += len(batch)
+    seconds = time.perf_counter() - started
+    logger.info("Scored %d requests in %.1f s (%.0f rows/s)", start, seconds, start / max(seconds, 1e-9))

@@ -6,6 +6,7 @@ from .nodes import (
     postprocess_predictions,
     predict,
     preprocess_requests,
+    score_requests,
 )
 
 
@@ -26,6 +27,21 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "predictions",
                 name="postprocess_predictions",
             ),
+        ]
+    )
+
+
+def create_batch_pipeline(**kwargs) -> Pipeline:
+    """A request table of any length, scored in batches (`batch_requests` ->
+    `batch_predictions`, both read and written a batch at a time)."""
+    return Pipeline(
+        [
+            Node(
+                score_requests,
+                ["batch_requests", "inference_model", "inference_tokenizer", "inference_answer_vocab", "params:inference.top_k"],  # fmt: skip
+                "batch_predictions",
+                name="score_requests",
+            )
         ]
     )
 
