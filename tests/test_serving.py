@@ -192,3 +192,44 @@ def test_train_run_is_named_logs_its_input_and_registers_the_champion(trained_pr
     assert logged.name == "samples" and logged.digest and run.data.tags["data_source"] == "easy_vqa"
     experiment = client.get_experiment(run.info.experiment_id)  # `mlflow ui` opens on "Training runs"
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_logged_model_installs_and_serves_from_its_own_requirements(model_dir, tmp_path_factory):
+    """Outside the repository, a fresh venv with only the model's requirements.txt (what
+    an index has) serves the model: the project's code comes from the model itself."""
+    import shutil
+
+    work = tmp_path_factory.mktemp("fresh_serving")
+    model = shutil.copytree(model_dir, work / "model")
+    venv = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "MLFLOW_TRACKING_URI")}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+    pip = subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", "-r", model / "requirements.txt"],
+                         cwd=work, env=env, capture_output=True, text=True, timeout=1800)  # fmt: skip
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    importable = subprocess.run([venv / "bin" / "python", "-c", "import multimodal_doubleloop"], cwd=work, env=env, capture_output=True)  # fmt: skip
+    assert importable.returncode != 0  # the project is not installed: the model carries it
+
+    port = _free_port()
+    command = [venv / "bin" / "mlflow", "models", "serve", "-m", model, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    with open(work / "serve.log", "wb") as log:
+        proc = subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                assert proc.poll() is None, (work / "serve.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, (work / "serve.log").read_text()[-3000:]
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                time.sleep(0.5)
+            example = (model / "serving_input_example.json").read_text()
+            response = requests.post(f"http://127.0.0.1:{port}/invocations", data=example, headers={"Content-Type": "application/json"}, timeout=60)  # fmt: skip
+            assert response.status_code == 200, response.text
+            assert len(response.json()["predictions"][0]["top_answers"]) == 3
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
