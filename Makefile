@@ -30,6 +30,7 @@ viz: install
 	$(BIN)/kedro viz run
 
 mlflow-ui: install
+	@echo "Runs: http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
 clean-checkpoints:
