@@ -233,3 +233,34 @@ def test_the_logged_model_installs_and_serves_from_its_own_requirements(model_di
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
+
+
+def test_batch_inference_scores_with_the_registry_champion(trained_project, tmp_path):
+    """`kedro run --pipeline=inference --env champion`: the model, tokenizer and answers
+    come from `models:/multimodal_doubleloop@champion`, and score as the served model."""
+    import yaml
+    from conftest import run_pipeline
+    from kedro.io import DataCatalog
+
+    from multimodal_doubleloop.io import ParquetBatchesDataset
+    from multimodal_doubleloop.models.serving import ServingModel
+    from multimodal_doubleloop.pipelines.inference import create_batch_pipeline
+
+    mlflow.set_tracking_uri(trained_project.tracking_uri)
+    entries = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf/champion/catalog.yml").read_text())
+    champion = DataCatalog.from_config(entries)
+    assert isinstance(champion.load("inference_model"), ServingModel)
+    frame = _requests(trained_project)
+    frame.to_parquet(tmp_path / "requests.parquet")
+    out = ParquetBatchesDataset(str(tmp_path / "predictions"))
+    run_pipeline(
+        create_batch_pipeline(),
+        {"params:inference.top_k": 3},
+        {
+            **{name: champion.get(name) for name in entries},
+            "batch_requests": ParquetBatchesDataset(str(tmp_path / "requests.parquet"), batch_rows=2),
+            "batch_predictions": out,
+        },
+    )
+    scored = pd.concat(out.load(), ignore_index=True)
+    assert scored["answer"].tolist() == _in_process(trained_project, frame, 3)["answer"].tolist()

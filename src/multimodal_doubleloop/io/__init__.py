@@ -3,9 +3,10 @@
 from .image_index import ImageIndexDataset
 from .image_root import ImageRootDataset
 from .json_folder import JSONFolderDataset
+from .mlflow_model_artifact import MlflowModelArtifactDataset
 from .npz import NpzDataset
 from .parquet_batches import ParquetBatchesDataset
 from .serving_model import ServingModelDataset
 from .torch_model import TorchModelDataset
 
-__all__ = ["ImageIndexDataset", "ImageRootDataset", "JSONFolderDataset", "NpzDataset", "ParquetBatchesDataset", "ServingModelDataset", "TorchModelDataset"]
+__all__ = ["ImageIndexDataset", "ImageRootDataset", "JSONFolderDataset", "MlflowModelArtifactDataset", "NpzDataset", "ParquetBatchesDataset", "ServingModelDataset", "TorchModelDataset"]
