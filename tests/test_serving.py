@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -42,37 +43,44 @@ def model_dir(trained_project) -> Path:
     return trained_project.model_dir
 
 
+@contextlib.contextmanager
+def serving(model_uri, cwd: Path, env: dict, mlflow_bin: Path = BIN / "mlflow"):
+    """`mlflow models serve` of `model_uri` on a free port until it answers /ping (at
+    most 180 s); yields its URL, then stops it (its process group)."""
+    port = _free_port()
+    command = [mlflow_bin, "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    log_path = cwd / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"mlflow models serve exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                try:
+                    if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"no /ping from the server in 180 s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server and the uvicorn worker it started
+            proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def server(trained_project):
-    port = _free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": trained_project.tracking_uri,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
     }
-    log = open(trained_project.path / "serve.log", "wb")  # noqa: SIM115 (closed below)
-    champion = "models:/multimodal_doubleloop@champion"  # what the README serves
-    command = [BIN / "mlflow", "models", "serve", "-m", champion, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=trained_project.path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited {proc.returncode}:\n{(trained_project.path / 'serve.log').read_text()[-3000:]}")  # fmt: skip
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"no /ping from the server in 180 s:\n{(trained_project.path / 'serve.log').read_text()[-3000:]}")  # fmt: skip
-            time.sleep(0.5)
+    with serving("models:/multimodal_doubleloop@champion", trained_project.path, env) as url:  # what the README serves
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and the uvicorn worker it started
-        proc.wait(timeout=30)
-        log.close()
 
 
 def _post(url: str, frame: pd.DataFrame, params: dict | None = None) -> requests.Response:
@@ -211,28 +219,11 @@ def test_the_logged_model_installs_and_serves_from_its_own_requirements(model_di
     importable = subprocess.run([venv / "bin" / "python", "-c", "import multimodal_doubleloop"], cwd=work, env=env, capture_output=True)  # fmt: skip
     assert importable.returncode != 0  # the project is not installed: the model carries it
 
-    port = _free_port()
-    command = [venv / "bin" / "mlflow", "models", "serve", "-m", model, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
-    with open(work / "serve.log", "wb") as log:
-        proc = subprocess.Popen(command, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                assert proc.poll() is None, (work / "serve.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, (work / "serve.log").read_text()[-3000:]
-                try:
-                    if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                time.sleep(0.5)
-            example = (model / "serving_input_example.json").read_text()
-            response = requests.post(f"http://127.0.0.1:{port}/invocations", data=example, headers={"Content-Type": "application/json"}, timeout=60)  # fmt: skip
-            assert response.status_code == 200, response.text
-            assert len(response.json()["predictions"][0]["top_answers"]) == 3
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+    with serving(model, work, env, venv / "bin" / "mlflow") as url:
+        example = (model / "serving_input_example.json").read_text()
+        response = requests.post(f"{url}/invocations", data=example, headers={"Content-Type": "application/json"}, timeout=60)  # fmt: skip
+        assert response.status_code == 200, response.text
+        assert len(response.json()["predictions"][0]["top_answers"]) == 3
 
 
 def test_batch_inference_scores_with_the_registry_champion(trained_project, tmp_path):
