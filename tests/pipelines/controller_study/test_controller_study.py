@@ -222,3 +222,30 @@ def test_a_cell_recorded_before_a_housekeeping_key_existed_is_still_done():
     assert not is_done(record, "other study", cfg)
     assert not is_done({**record, "training": {**record["training"], "lr": 1e-2}}, "s", cfg)
     assert not is_done({**record, "training": {**record["training"], "epochs": 4}}, "s", cfg)
+
+
+def test_a_diverged_cell_is_recorded_and_the_study_goes_on(
+    samples, images, tokenized, model_params, training_params, tasks_params, tmp_path, monkeypatch
+):
+    """A cell the non-finite guard stops (Prodigy at its recommended LR did, on the real
+    study) is a result: accuracy 0, censored, the reason kept; the other cells train."""
+    from multimodal_doubleloop.pipelines.controller_study import nodes
+    from multimodal_doubleloop.training.state import NonFiniteLossError
+
+    real = nodes.fit_any
+
+    def fit(model_config, splits, images, cfg, *rest):
+        if cfg.lr == pytest.approx(1e-2):
+            raise NonFiniteLossError("22 consecutive non-finite steps ending at step 139")
+        return real(model_config, splits, images, cfg, *rest)
+
+    monkeypatch.setattr(nodes, "fit_any", fit)
+    catalog = _study_run(samples, images, tokenized, model_params, training_params, tasks_params, tmp_path,
+                         methods=["fixed"])
+    cells = catalog.load("controller_study_cells")
+    assert set(cells) == {f"fixed_lr{lr:g}_seed{s}" for lr in (1e-4, 1e-2) for s in (0, 1)}
+    bad = cells["fixed_lr0.01_seed0"]
+    assert bad["test_accuracy"] == 0.0 and bad["censored"] and "non-finite" in bad["diverged"]
+    assert "diverged" not in cells["fixed_lr0.0001_seed0"]
+    verdict = catalog.load("controller_study_verdict")
+    assert verdict["best_fixed"]["base_lr"] == pytest.approx(1e-4)

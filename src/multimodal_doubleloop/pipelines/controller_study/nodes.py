@@ -46,6 +46,7 @@ from ...training.checkpoint import RESUMABLE_DIFFERENCES  # noqa: E402
 from ...training.config import TrainConfig  # noqa: E402
 from ...training.evaluate import evaluate  # noqa: E402
 from ...training.fit import fit_any  # noqa: E402
+from ...training.state import NonFiniteLossError  # noqa: E402
 from ..training.nodes import Prepared, prepare_training  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -240,7 +241,11 @@ def _run_cell(prepared: Prepared, cfg: TrainConfig, test_split, images: dict, st
     run_config = {**prepared.run_config, "training": cfg.to_dict()}
     splits = {"train": prepared.splits["train"], "val": prepared.splits["val"]}
     start = time.perf_counter()
-    weights, state, history = fit_any(prepared.model_config, splits, images, cfg, run_config, prepared.tasks)
+    try:
+        weights, state, history = fit_any(prepared.model_config, splits, images, cfg, run_config, prepared.tasks)
+    except NonFiniteLossError as exc:  # a result of the method at this LR, not a failure of the study
+        logger.warning("controller_study %s lr=%g seed=%d diverged: %s", method, base_lr, cfg.seed, exc)
+        return diverged_cell(method, base_lr, cfg, len(test_split), time.perf_counter() - start, str(exc), digests)
     seconds = time.perf_counter() - start
     model = build_model(ModelConfig.from_dict(prepared.model_config))
     model.load_state_dict(weights)
@@ -277,6 +282,20 @@ def _run_cell(prepared: Prepared, cfg: TrainConfig, test_split, images: dict, st
         cell["steps_to_target"], seconds,
     )
     return cell
+
+
+def diverged_cell(method: str, base_lr: float, cfg: TrainConfig, test_questions: int, seconds: float,
+                  reason: str, digests: dict) -> dict:
+    """The record of a cell whose training diverged (the loop's non-finite guard stopped
+    it): no answer is right (accuracy 0), the target is never reached, and the study
+    goes on with its other cells."""
+    return {
+        "method": method, "base_lr": base_lr, "seed": cfg.seed,
+        "test_accuracy": 0.0, "test_loss": float("nan"), "train_loss": float("nan"),
+        "steps": 0, "steps_to_target": 0, "censored": True, "diverged": reason,
+        "train_seconds": seconds, "test_questions": test_questions,
+        "curves": {}, "final_scales": {}, "training": cfg.to_dict(), **digests,
+    }
 
 
 def summarise_controller_study(
