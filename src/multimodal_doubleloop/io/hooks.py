@@ -104,15 +104,15 @@ class ProjectMlflowHook(MlflowHook):
     def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
         names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
         identity = run_identity(names, run_params.get("env"), getattr(self, "_params", {}))
-        continued = None
         tracking = self.mlflow_config.tracking
-        if _assert_mlflow_enabled(names, self.mlflow_config) and not self._already_active_mlflow and tracking.run.id is None:
-            continued = self._claim_stale_run(identity)
-            tracking.run.id = continued
+        claim = _assert_mlflow_enabled(names, self.mlflow_config) and not self._already_active_mlflow and tracking.run.id is None
+        if claim:
+            tracking.run.id = self._claim_stale_run(identity)
         try:
             super().before_pipeline_run(run_params=run_params, pipeline=pipeline, catalog=catalog)
         finally:
-            tracking.run.id = None if continued else tracking.run.id
+            if claim:  # the claimed id was for this run only
+                tracking.run.id = None
         if self._is_mlflow_enabled and mlflow.active_run() is not None:
             mlflow.set_tags({IDENTITY_TAG: identity, HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
 
