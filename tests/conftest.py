@@ -100,13 +100,14 @@ def images(samples, easy_vqa_raw, ingestion_params):
 
 @pytest.fixture(scope="session")
 def tokenized(samples, tokenization_params):
+    from multimodal_doubleloop.models.starting_point import StartingPoint
     from multimodal_doubleloop.pipelines.tokenization.nodes import (
         build_answer_vocab,
         encode_texts,
         fit_tokenizer,
     )
 
-    tokenizer = fit_tokenizer(samples, tokenization_params)
+    tokenizer = fit_tokenizer(samples, StartingPoint(), tokenization_params)
     return {
         "tokenizer": tokenizer,
         "encoded_texts": encode_texts(samples, tokenizer, tokenization_params),
@@ -115,8 +116,11 @@ def tokenized(samples, tokenization_params):
 
 
 def training_inputs(samples, images, tokenized, model_params, training_params, **extra) -> dict:
-    """The catalog entries a training run reads (`TRAINING_INPUTS`), plus `extra`."""
-    return {
+    """The catalog entries a training run reads (`TRAINING_INPUTS`), plus `extra`, and
+    last the starting point (random init unless `extra` names one)."""
+    from multimodal_doubleloop.models.starting_point import StartingPoint
+
+    inputs = {
         "samples": samples,
         "images": images,
         "encoded_texts": tokenized["encoded_texts"],
@@ -126,6 +130,8 @@ def training_inputs(samples, images, tokenized, model_params, training_params, *
         "params:training": training_params,
         **extra,
     }
+    inputs["initial_weights"] = inputs.pop("initial_weights", StartingPoint())
+    return inputs
 
 
 def run_pipeline(pipeline, inputs: dict, datasets: dict | None = None):

@@ -148,3 +148,40 @@ def test_a_killed_run_is_continued_as_one_mlflow_run(project):
     assert len(runs) == 3 and runs[run.info.run_id].info.status == "FINISHED"
     assert sorted(r.info.status for r in runs.values()) == ["FINISHED", "FINISHED", "KILLED"]
     assert client.get_run(run.info.run_id).data.tags["project.resumes"] == "1"
+
+
+def _runs(project: Path) -> list:
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["multimodal_doubleloop"], output_format="list", order_by=["start_time"])
+
+
+@pytest.mark.slow
+def test_a_run_fine_tunes_from_the_previous_one_through_the_catalog(project):
+    run_kedro(project)
+    run_kedro(project, "train", "--params", "model.init_from=trained_model,training.layer_decay=0.8,training.freeze.vision=2")
+    first, second = _runs(project)
+    params = second.data.params
+    assert params["init.init_from"].startswith("trained_model@") and params["training.layer_decay"] == "0.8"
+    assert params["training.freeze.vision"] == "2" and "init.init_from" not in first.data.params
+    tokenizers = sorted((project / "data/06_models/tokenizer.json").glob("*/tokenizer.json"))
+    assert len(tokenizers) == 2 and tokenizers[0].read_text() == tokenizers[1].read_text()  # the previous run's
+
+
+@pytest.mark.slow
+def test_the_seed_preset_starts_from_a_vit_b16_checkpoint_with_gradient_checkpointing(project):
+    timm = pytest.importorskip("timm", reason="timm (the dev extra) makes the ViT-B/16 checkpoint")
+    from safetensors.torch import save_file
+
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+    save_file(vit.state_dict(), str(project / "vit_b16.safetensors"))
+    del vit
+    run_kedro(project, "train", "--params", ",".join([
+        "model.preset=seed", f"model.pretrained.vision={project / 'vit_b16.safetensors'}",
+        "model.presets.seed.gradient_checkpointing=true", "training.max_steps=2", "training.epochs=1",
+        "ingestion.max_images_per_split=8",
+    ]))
+    (run,) = _runs(project)
+    params = run.data.params
+    assert (params["model.vision.dim"], params["model.vision.depth"], params["model.vision.output_dim"]) == ("768", "12", "512")
+    assert params["model.gradient_checkpointing"] == "True" and params["init.vision"].startswith(str(project))
+    assert mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")

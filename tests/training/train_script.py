@@ -40,6 +40,7 @@ def main() -> None:
     from multimodal_doubleloop.data.batching import encoded_split
     from multimodal_doubleloop.data.images import image_store
     from multimodal_doubleloop.models import ModelConfig, build_model, resolve_model_config
+    from multimodal_doubleloop.models.starting_point import StartingPoint
     from multimodal_doubleloop.pipelines.ingestion.nodes import decode_images, ingest_samples
     from multimodal_doubleloop.pipelines.tokenization.nodes import (
         build_answer_vocab,
@@ -58,7 +59,7 @@ def main() -> None:
     samples = ingest_samples(annotations, raw_images, ingestion)
     images = decode_images(samples, raw_images, ingestion)
     tok_params = {"vocab_size": 200, "min_frequency": 1, "max_length": 16}
-    tokenizer = fit_tokenizer(samples, tok_params)
+    tokenizer = fit_tokenizer(samples, StartingPoint(), tok_params)
     encoded = encode_texts(samples, tokenizer, tok_params)
     vocab = build_answer_vocab(samples)
     config = resolve_model_config(TINY_MODEL, 200, 16, len(vocab))

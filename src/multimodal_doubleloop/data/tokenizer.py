@@ -57,6 +57,36 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, min_frequency: int = 
     return tokenizer
 
 
+def bert_tokenizer(files: dict[str, str], where: str = "the BERT directory") -> str:
+    """The tokenizer of a Hugging Face BERT directory, as JSON text: its `tokenizer.json`
+    as it is, or a BERT WordPiece over `vocab.txt` (lower-cased unless
+    `tokenizer_config.json` says `do_lower_case: false`), [CLS] text [SEP]. [PAD] must
+    be id 0, as this project's encoding and attention masks assume."""
+    if "tokenizer.json" in files:
+        tokenizer = Tokenizer.from_str(files["tokenizer.json"])
+    elif "vocab.txt" in files:
+        vocab = {token: i for i, token in enumerate(files["vocab.txt"].splitlines())}
+        lower = json.loads(files.get("tokenizer_config.json") or "{}").get("do_lower_case", True)
+        tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lower, strip_accents=lower or None)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece()
+        cls_id, sep_id = vocab.get("[CLS]"), vocab.get("[SEP]")
+        if cls_id is None or sep_id is None:
+            raise ValueError(f"{where}: vocab.txt has no [CLS] or [SEP]")
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+    else:
+        raise ValueError(f"{where} has neither tokenizer.json nor vocab.txt")
+    if tokenizer.token_to_id("[PAD]") != PAD_ID:
+        raise ValueError(f"{where}: [PAD] is id {tokenizer.token_to_id('[PAD]')}, this project needs it at 0")
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer.to_str()
+
+
 def _words(tokenizer: Tokenizer, texts: Sequence[str]) -> set[str]:
     """Every distinct word of `texts` after the tokenizer's normaliser and
     pre-tokenizer: the vocabulary a word-level trainer keeps with no frequency floor.

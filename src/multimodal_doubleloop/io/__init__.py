@@ -2,6 +2,7 @@
 
 from .image_index import ImageIndexDataset
 from .image_root import ImageRootDataset
+from .initial_weights import InitialWeightsDataset
 from .json_folder import JSONFolderDataset
 from .mlflow_model_artifact import MlflowModelArtifactDataset
 from .npz import NpzDataset
@@ -9,4 +10,4 @@ from .parquet_batches import ParquetBatchesDataset
 from .serving_model import ServingModelDataset
 from .torch_model import TorchModelDataset
 
-__all__ = ["ImageIndexDataset", "ImageRootDataset", "JSONFolderDataset", "MlflowModelArtifactDataset", "NpzDataset", "ParquetBatchesDataset", "ServingModelDataset", "TorchModelDataset"]
+__all__ = ["ImageIndexDataset", "ImageRootDataset", "InitialWeightsDataset", "JSONFolderDataset", "MlflowModelArtifactDataset", "NpzDataset", "ParquetBatchesDataset", "ServingModelDataset", "TorchModelDataset"]

@@ -232,6 +232,8 @@ class MlflowRunHooks:
         if "trained_model" not in outputs or mlflow.active_run() is None:
             return
         flat = resolved_params(outputs["trained_model"], inputs.get("params:training") or {}, inputs.get("params:tasks"))
+        start = inputs.get("initial_weights")  # where the weights started: init.init_from, init.vision, init.text
+        flat.update({f"init.{k}": v for k, v in (getattr(start, "sources", None) or {}).items()})
         items = sorted(flat.items())
         for start in range(0, len(items), 100):  # MLflow's batch limit
             mlflow.log_params(dict(items[start : start + 100]))

@@ -1,8 +1,9 @@
-"""Transformer building blocks shared by every tower: pre-norm attention and MLP.
+"""Transformer building blocks shared by every tower: attention and MLP, pre- or post-norm.
 
 One `Block` serves the vision encoder, the text encoder, the fusion layers and the
-caption decoder; what differs is only whether it has a cross-attention sub-layer
-and whether its self-attention is causal.
+caption decoder; what differs is only whether it has a cross-attention sub-layer,
+whether its self-attention is causal, and where its norms sit (pre-norm by default;
+post-norm to run BERT's pretrained weights).
 """
 
 from __future__ import annotations
@@ -114,7 +115,11 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm block: self-attention, optional cross-attention, MLP."""
+    """Self-attention, optional cross-attention, MLP; each a residual sub-layer.
+
+    Pre-norm (default; ViT, GPT-2): `x + f(norm(x))`. Post-norm (`post_norm=True`; BERT):
+    `norm(x + f(x))`, only so that a pretrained BERT computes what it was trained to.
+    `eps` is the LayerNorm epsilon of all its norms (timm ViT 1e-6, BERT 1e-12)."""
 
     def __init__(
         self,
@@ -123,17 +128,26 @@ class Block(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         cross: bool = False,
+        eps: float = 1e-5,
+        post_norm: bool = False,
     ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.post_norm = post_norm
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, heads, dropout)
         self.cross = cross
         if cross:
-            self.norm_cross = nn.LayerNorm(dim)
+            self.norm_cross = nn.LayerNorm(dim, eps=eps)
             self.cross_attn = Attention(dim, heads, dropout, cross=True)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = MLP(dim, mlp_ratio, dropout)
         self.drop = nn.Dropout(dropout)
+
+    def _residual(self, x: torch.Tensor, norm: nn.LayerNorm, sublayer) -> torch.Tensor:
+        """`x + sublayer(norm(x))`, or `norm(x + sublayer(x))` when post-norm."""
+        if self.post_norm:
+            return norm(x + sublayer(x))
+        return x + sublayer(norm(x))
 
     def forward(
         self,
@@ -145,14 +159,18 @@ class Block(nn.Module):
         causal: bool = False,
         packing: Packing | None = None,
     ) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), mask=mask, causal=causal, packing=packing))
+        x = self._residual(
+            x, self.norm1, lambda h: self.drop(self.attn(h, mask=mask, causal=causal, packing=packing))
+        )
         if self.cross and memory is not None:
-            x = x + self.drop(
-                self.cross_attn(
-                    self.norm_cross(x), mask=memory_mask, memory=memory, memory_index=memory_index
-                )
+            x = self._residual(
+                x,
+                self.norm_cross,
+                lambda h: self.drop(
+                    self.cross_attn(h, mask=memory_mask, memory=memory, memory_index=memory_index)
+                ),
             )
-        return x + self.mlp(self.norm2(x))
+        return self._residual(x, self.norm2, self.mlp)
 
 
 def run_blocks(

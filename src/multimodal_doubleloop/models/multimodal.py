@@ -25,13 +25,16 @@ class ModelConfig:
     def __post_init__(self):
         if self.vision is None and self.text is None:
             raise ValueError("model needs a vision or a text tower (both are None)")
-        dims = {"fusion": self.fusion.dim}
-        if self.vision is not None:
-            dims["vision"] = self.vision.dim
-        if self.text is not None:
-            dims["text"] = self.text.dim
-        if len(set(dims.values())) > 1:
-            raise ValueError(f"model dims must match across towers and fusion, got {dims}")
+        towers = {"vision": self.vision, "text": self.text}
+        dims = {name: cfg.out_dim for name, cfg in towers.items() if cfg is not None}
+        wrong = {name: dim for name, dim in dims.items() if dim != self.fusion.dim}
+        if wrong:
+            raise ValueError(
+                f"model dims must match across towers and fusion: tower output widths {dims}, "
+                f"fusion.dim={self.fusion.dim}; set "
+                + ", ".join(f"model.{name}.output_dim={self.fusion.dim}" for name in wrong)
+                + " (a Linear from the tower's dim) or change the dims to match"
+            )
         if not self.heads:
             raise ValueError("model.heads is empty: configure at least one task head")
 
@@ -113,22 +116,24 @@ class MultimodalModel(nn.Module):
             if part is not None and hasattr(part, "grad_checkpointing"):
                 part.grad_checkpointing = enabled
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Named groups (vision, text, fusion, heads) for per-group optimiser settings."""
+    def components(self) -> dict[str, nn.Module]:
+        """The parts by name (vision, text, fusion, heads), those the model has."""
+        parts = {"vision": self.vision, "text": self.text, "fusion": self.fusion, "heads": self.heads}
+        return {name: part for name, part in parts.items() if part is not None}
+
+    def parameter_groups(self, trainable_only: bool = True) -> dict[str, list[nn.Parameter]]:
+        """Named groups (vision, text, fusion, heads) for per-group optimiser settings;
+        with `trainable_only=False` also the frozen ones (a run that unfreezes them later
+        gives the optimiser every parameter from the start)."""
         groups = {
-            "vision": self.vision,
-            "text": self.text,
-            "fusion": self.fusion,
-            "heads": self.heads,
+            name: [p for p in part.parameters() if p.requires_grad or not trainable_only]
+            for name, part in self.components().items()
         }
-        return {
-            name: [p for p in part.parameters() if p.requires_grad]
-            for name, part in groups.items()
-            if part is not None and any(p.requires_grad for p in part.parameters())
-        }
+        return {name: params for name, params in groups.items() if params}
 
     def freeze(self, *components: str, frozen: bool = True) -> None:
-        """Freeze (or unfreeze with frozen=False) components by name."""
+        """Freeze (or unfreeze with frozen=False) components by name. A frozen component
+        also keeps its batch-norm statistics: its norms run in inference mode."""
         for name in components:
             part = getattr(self, name, None)
             if not isinstance(part, nn.Module):
@@ -136,6 +141,16 @@ class MultimodalModel(nn.Module):
                     f"unknown component {name!r}; use vision, text, fusion or heads"
                 )
             part.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> MultimodalModel:
+        super().train(mode)
+        for part in self.components().values():
+            if not any(p.requires_grad for p in part.parameters()):
+                for m in part.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+        return self
 
 
 def build_model(cfg: ModelConfig) -> MultimodalModel:

@@ -27,6 +27,13 @@ class TextConfig:
     # Run the per-token layers on the real tokens only (`blocks.Packing`): "auto" does
     # on CPU; on an accelerator counting the real tokens would be a host sync per step.
     unpad: str | bool = "auto"  # auto | on | off (YAML on/off arrive as booleans)
+    norm_eps: float = 1e-5  # LayerNorm epsilon; BERT's pretrained weights use 1e-12
+    # "pre": pre-norm blocks and a final norm (trains stably from scratch). "post": BERT's
+    # post-norm blocks and no final norm, to run its pretrained weights as trained.
+    norm: str = "pre"
+    # Width of the features handed on: 0 = dim; otherwise a Linear(dim, output_dim) on
+    # pooled and tokens, so a pretrained tower of another width can feed fusion.
+    output_dim: int = 0
 
     def __post_init__(self):
         if isinstance(self.unpad, bool):  # YAML reads a bare on/off as a boolean
@@ -39,10 +46,22 @@ class TextConfig:
             raise ValueError(f"text.pool={self.pool!r}: use 'cls' or 'mean'")
         if self.max_length < 1:
             raise ValueError(f"text.max_length={self.max_length} must be >= 1")
+        if self.norm not in ("pre", "post"):
+            raise ValueError(f"text.norm={self.norm!r}: use 'pre' or 'post' (BERT checkpoints)")
+        if self.norm_eps <= 0:
+            raise ValueError(f"text.norm_eps={self.norm_eps} must be > 0 (BERT: 1e-12)")
+        if self.output_dim < 0:
+            raise ValueError(f"text.output_dim={self.output_dim}: use 0 (= dim) or a width > 0")
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the pooled and token features the tower returns."""
+        return self.output_dim or self.dim
 
 
 class TextEncoder(nn.Module):
-    """Token ids (B, T) + attention mask (B, T) -> pooled (B, D), tokens (B, T, D).
+    """Token ids (B, T) + attention mask (B, T) -> pooled (B, D), tokens (B, T, D),
+    D = `cfg.out_dim`.
 
     Pooled is the first ([CLS]) token or the masked mean (`pool`). Padded positions never influence real tokens:
     they are masked out as keys in every attention layer. Unpadded (`unpad`), their
@@ -55,12 +74,17 @@ class TextEncoder(nn.Module):
         self.token_embed = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_id)
         self.pos_embed = nn.Embedding(cfg.max_length, cfg.dim)
         self.type_embed = nn.Embedding(cfg.type_vocab_size, cfg.dim)
-        self.embed_norm = nn.LayerNorm(cfg.dim)
+        self.embed_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
+        post = cfg.norm == "post"
         self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth)
+            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout, eps=cfg.norm_eps, post_norm=post)
+            for _ in range(cfg.depth)
         )
-        self.norm = nn.LayerNorm(cfg.dim)
+        # Post-norm blocks end in a norm already (BERT has no final one).
+        self.norm = nn.Identity() if post else nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        # Identity has no parameters: towers without output_dim keep their state dict.
+        self.out_proj = nn.Linear(cfg.dim, cfg.output_dim) if cfg.output_dim else nn.Identity()
         self.grad_checkpointing = False
 
     def forward(
@@ -84,9 +108,9 @@ class TextEncoder(nn.Module):
         if self.cfg.unpad == "on" or (self.cfg.unpad == "auto" and input_ids.device.type == "cpu"):
             packing = Packing(attention_mask)  # padded positions come out as zeros
             x = run_blocks(self.blocks, packing.pack(x), self.grad_checkpointing, mask=mask, packing=packing)
-            x = packing.unpack(self.norm(x))
+            x = packing.unpack(self.out_proj(self.norm(x)))  # (B, T, out_dim)
         else:
-            x = self.norm(run_blocks(self.blocks, x, self.grad_checkpointing, mask=mask))
+            x = self.out_proj(self.norm(run_blocks(self.blocks, x, self.grad_checkpointing, mask=mask)))
         if self.cfg.pool == "cls":
             return x[:, 0], x
         weights = attention_mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)

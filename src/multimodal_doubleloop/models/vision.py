@@ -28,6 +28,15 @@ class VisionConfig:
     # Pooled feature: the CLS token, or the mean of the patch tokens (carries the
     # image's content from the first step, which speeds up learning from scratch).
     pool: str = "cls"
+    norm_eps: float = 1e-5  # LayerNorm epsilon; timm's pretrained ViTs use 1e-6
+    # Per-channel normalisation `(x - mean) / std` of the [0, 1] images, done by the tower
+    # so a pretrained one sees what it was trained on (ImageNet ViTs: mean = std = 0.5
+    # or the ImageNet statistics). Empty = images used as given.
+    pixel_mean: list[float] = field(default_factory=list)
+    pixel_std: list[float] = field(default_factory=list)
+    # Width of the features handed on: 0 = dim; otherwise a Linear(dim, output_dim) on
+    # pooled and tokens, so a pretrained tower of another width can feed fusion.
+    output_dim: int = 0
 
     def __post_init__(self):
         stride = 2 ** len(self.stem_channels)
@@ -47,10 +56,33 @@ class VisionConfig:
             raise ValueError(
                 f"vision.position_embedding={self.position_embedding!r}: use 'learned' or 'sincos'"
             )
+        self._check_pretrained_fields()
+
+    def _check_pretrained_fields(self):
+        if self.norm_eps <= 0:
+            raise ValueError(f"vision.norm_eps={self.norm_eps} must be > 0 (timm ViTs: 1e-6)")
+        if self.output_dim < 0:
+            raise ValueError(f"vision.output_dim={self.output_dim}: use 0 (= dim) or a width > 0")
+        for name in ("pixel_mean", "pixel_std"):
+            values = getattr(self, name)
+            if values and len(values) != self.in_channels:
+                raise ValueError(
+                    f"vision.{name}={values} has {len(values)} values; give one per channel "
+                    f"(in_channels={self.in_channels}) or leave it empty"
+                )
+        if bool(self.pixel_mean) != bool(self.pixel_std):
+            raise ValueError("vision.pixel_mean and vision.pixel_std: set both or neither")
+        if any(s <= 0 for s in self.pixel_std):
+            raise ValueError(f"vision.pixel_std={self.pixel_std}: every value must be > 0")
 
     @property
     def grid(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the pooled and token features the tower returns."""
+        return self.output_dim or self.dim
 
 
 def sincos_2d(grid: int, dim: int) -> torch.Tensor:
@@ -67,11 +99,16 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
 
 
 class VisionTransformer(nn.Module):
-    """Images (B, C, H, W) in [0, 1] -> pooled CLS (B, D) and patch tokens (B, N, D)."""
+    """Images (B, C, H, W) in [0, 1] -> pooled CLS (B, D) and patch tokens (B, N, D),
+    D = `cfg.out_dim`."""
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.cfg = cfg
+        if cfg.pixel_mean:  # not in the state dict: part of the config, not learnt
+            mean, std = torch.tensor(cfg.pixel_mean), torch.tensor(cfg.pixel_std)
+            self.register_buffer("pixel_mean", mean.view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("pixel_std", std.view(1, -1, 1, 1), persistent=False)
         layers: list[nn.Module] = []
         channels = cfg.in_channels
         for out in cfg.stem_channels:
@@ -92,9 +129,12 @@ class VisionTransformer(nn.Module):
             fixed = torch.cat([torch.zeros(1, cfg.dim), sincos_2d(cfg.grid, cfg.dim)])
             self.register_buffer("pos_embed", fixed.unsqueeze(0), persistent=False)
         self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth)
+            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout, eps=cfg.norm_eps)
+            for _ in range(cfg.depth)
         )
-        self.norm = nn.LayerNorm(cfg.dim)
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        # Identity has no parameters: towers without output_dim keep their state dict.
+        self.out_proj = nn.Linear(cfg.dim, cfg.output_dim) if cfg.output_dim else nn.Identity()
         self.grad_checkpointing = False
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,10 +143,12 @@ class VisionTransformer(nn.Module):
                 f"expected {self.cfg.image_size}x{self.cfg.image_size} images, got "
                 f"{tuple(images.shape[-2:])}; resize in the data transforms"
             )
+        if self.cfg.pixel_mean:
+            images = (images - self.pixel_mean) / self.pixel_std
         x = patch_embed(self.patch_embed, self.stem(images))  # (B, N, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
         x = run_blocks(self.blocks, x + self.pos_embed, self.grad_checkpointing)
-        x = self.norm(x)
+        x = self.out_proj(self.norm(x))  # (B, 1+N, out_dim)
         pooled = x[:, 0] if self.cfg.pool == "cls" else x[:, 1:].mean(1)  # (B, D)
         return pooled, x[:, 1:]
 

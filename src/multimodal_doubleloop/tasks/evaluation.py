@@ -74,9 +74,12 @@ class Evaluation:
 
 def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
     """Ids of the special tokens tasks use: [CLS]/[SEP] frame encoded texts, and a
-    caption is [BOS] words [EOS] padded with [PAD]."""
+    caption is [BOS] words [EOS] padded with [PAD] (a BERT vocabulary has no [BOS] and
+    [EOS]: its [CLS] and [SEP] stand in)."""
     names = {"cls_id": "[CLS]", "sep_id": "[SEP]", "bos_id": "[BOS]", "eos_id": "[EOS]", "pad_id": "[PAD]"}
     ids = {k: tokenizer.token_to_id(t) for k, t in names.items()}
+    for own, stand_in in (("bos_id", "cls_id"), ("eos_id", "sep_id")):
+        ids[own] = ids[stand_in] if ids[own] is None else ids[own]
     missing = [names[k] for k, v in ids.items() if v is None]
     if missing:
         raise ValueError(f"tokenizer lacks special token(s) {missing}; retrain it (data.tokenizer)")

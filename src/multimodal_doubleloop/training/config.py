@@ -6,8 +6,10 @@ from dataclasses import asdict, dataclass, field
 
 from ..config import build
 from .controller import ControllerConfig
+from .finetune import frozen
 from .precision import PRECISIONS
 
+COMPONENTS = ("vision", "text", "fusion", "heads")  # MultimodalModel's parts, by name
 OPTIMIZERS = ("adamw", "prodigy", "schedulefree_adamw", "dadapt_adam", "mechanic_adamw")
 
 
@@ -43,6 +45,11 @@ class TrainConfig:
     eval_images: int = 0
     progress_bar: bool = True
     group_lr: dict[str, float] = field(default_factory=dict)  # e.g. {"heads": 2.0}
+    # Fine-tuning (training/finetune.py). `freeze`: component -> the step it unfreezes at
+    # (`{vision: 500}`), or true for the whole run. `layer_decay` < 1: a tower's block i
+    # of L trains at lr x layer_decay^(L - i), its embeddings at layer_decay^(L + 1).
+    freeze: dict[str, int | bool] = field(default_factory=dict)
+    layer_decay: float = 1.0
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     world_size: int = 1  # processes (one per GPU on CUDA); the global batch is images_per_batch * world_size
     compile: bool = False  # torch.compile the training step (CUDA; single process)
@@ -72,6 +79,7 @@ class TrainConfig:
             "world_size": self.world_size >= 1,
             "eval_every": self.eval_every >= 0,
             "eval_images": self.eval_images >= 0,
+            "layer_decay": 0 < self.layer_decay <= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -82,11 +90,30 @@ class TrainConfig:
             raise ValueError(f"training.precision={self.precision!r}: use one of {PRECISIONS}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"training.optimizer={self.optimizer!r}: use one of {OPTIMIZERS}")
-        if self.optimizer != "adamw" and (self.controller.method != "fixed" or self.group_lr):
+        if self.optimizer != "adamw" and (
+            self.controller.method != "fixed" or self.group_lr or self.layer_decay != 1
+        ):
             raise ValueError(
-                f"training.optimizer={self.optimizer!r} runs with training.controller.method: fixed "
-                "and no training.group_lr (the outer loop reads AdamW's state, and Prodigy and "
-                "D-Adaptation refuse groups with different learning rates)"
+                f"training.optimizer={self.optimizer!r} runs with training.controller.method: fixed, "
+                "no training.group_lr and training.layer_decay: 1 (the outer loop reads AdamW's "
+                "state, and Prodigy and D-Adaptation refuse groups with different learning rates)"
+            )
+        self._check_freeze()
+
+    def _check_freeze(self) -> None:
+        unknown = sorted(set(self.freeze) - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"training.freeze: unknown component(s) {unknown}; use {list(COMPONENTS)}")
+        for name, until in self.freeze.items():
+            if not isinstance(until, bool) and until < 0:
+                raise ValueError(
+                    f"training.freeze.{name}={until}: give the step it unfreezes at (>= 0) "
+                    "or true to keep it frozen for the whole run"
+                )
+        if self.world_size > 1 and any(frozen(until, 0) for until in self.freeze.values()):
+            raise ValueError(
+                "training.freeze needs world_size: 1 (DistributedDataParallel fixes which "
+                "parameters train when it wraps the model)"
             )
 
     @classmethod

@@ -9,6 +9,7 @@ import torch
 
 from ..data.images import image_store
 from ..models import ModelConfig, build_model
+from ..models.starting_point import StartingPoint
 from . import distributed
 from .config import TrainConfig
 from .controller import build_adapter, decision_history
@@ -23,11 +24,15 @@ def fit(
     train_cfg: TrainConfig,
     run_config: dict,
     tasks,
+    start: StartingPoint | None = None,
 ) -> tuple[dict, TrainState, dict]:
-    """Train on this rank; returns (CPU state dict, final state, controller trace)."""
+    """Train on this rank; returns (CPU state dict, final state, controller trace).
+    `start` loads pretrained or previous weights over the random init."""
     torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank
     model = build_model(ModelConfig.from_dict(model_config))
-    adapter = build_adapter(train_cfg.controller, list(model.parameter_groups()), train_cfg.warmup_steps)
+    if start is not None and not start.empty:
+        start.apply(model)
+    adapter = build_adapter(train_cfg.controller, list(model.parameter_groups(trainable_only=False)), train_cfg.warmup_steps)
     state = train(
         model,
         splits["train"],
@@ -43,10 +48,10 @@ def fit(
     return weights, state, decision_history(adapter.trace) if adapter is not None else {}
 
 
-def fit_any(model_config, splits, images, train_cfg: TrainConfig, run_config, tasks):
+def fit_any(model_config, splits, images, train_cfg: TrainConfig, run_config, tasks, start=None):
     """`fit` here, or across `train_cfg.world_size` spawned processes (rank 0's result)."""
     if train_cfg.world_size > 1 and distributed.context().world_size == 1:
         return distributed.spawn(
-            fit, train_cfg.world_size, model_config, splits, images, train_cfg, run_config, tasks
+            fit, train_cfg.world_size, model_config, splits, images, train_cfg, run_config, tasks, start
         )
-    return fit(model_config, splits, images, train_cfg, run_config, tasks)
+    return fit(model_config, splits, images, train_cfg, run_config, tasks, start)

@@ -31,6 +31,7 @@ from .checkpoint import describe_start, prune_configurations, resume_run, run_di
 from .config import TrainConfig
 from .controller import Adapter
 from .evaluate import evaluate
+from .finetune import apply_freeze
 from .optim import (
     add_loss_weights,
     eval_weights,
@@ -145,6 +146,7 @@ def train(
     if state is None and run.ctx.is_main:
         describe_start(cfg.checkpoint_dir, run.checkpoint_dir)
     state = state or TrainState()
+    apply_freeze(model, cfg.freeze, state.step)  # as the uninterrupted run had it at this step
     run.bar = tqdm(
         total=run.total_steps,
         initial=state.step,
@@ -291,6 +293,8 @@ def _update(run: Run, state: TrainState, loss_value: torch.Tensor, objective: to
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     state.step += 1
+    if cfg.freeze:
+        apply_freeze(run.model, cfg.freeze, state.step)
     if run.adapter is not None:
         stats = {
             "loss": objective,  # >= 0 for every task weighting (the weighted total need not be)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
+from .finetune import layer_scales
 from .schedule import lr_at
 
 # The peers: (module, class or factory) of the real package.
@@ -43,15 +44,19 @@ OWN_SCHEDULE = {"schedulefree_adamw"}  # constant LR, warm-up inside the optimis
 
 
 def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """One group per (component, decay) pair; norms, biases and embeddings-like 1-D
-    parameters get no weight decay."""
+    """One group per (component, decay) pair, and per layer of a tower under
+    `training.layer_decay` (its factor in `lr_scale`); norms, biases and other 1-D
+    parameters get no weight decay. Frozen parameters are included: a component
+    frozen until a step (`training.freeze`) then trains without a new optimiser."""
     groups = []
-    for name, params in model.parameter_groups().items():
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        for plist, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
-            if plist:
-                groups.append({"params": plist, "weight_decay": wd, "name": name, "base_wd": wd})
+    for name, part in model.components().items():
+        scales = layer_scales(part, cfg.layer_decay)
+        buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
+        for pname, p in part.named_parameters():
+            buckets.setdefault((scales[pname], p.ndim >= 2), []).append(p)
+        for (scale, decays), plist in sorted(buckets.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
+            wd = cfg.weight_decay if decays else 0.0
+            groups.append({"params": plist, "weight_decay": wd, "name": name, "base_wd": wd, "lr_scale": scale})
     return groups
 
 
@@ -128,7 +133,8 @@ def add_loss_weights(optimizer, params: list[nn.Parameter]) -> None:
 def set_learning_rates(
     optimizer, cfg: TrainConfig, step: int, total_steps: int, scales: dict, wd_scales: dict | None = None
 ) -> float:
-    """Set each group's LR (schedule x `group_lr` x the adapter's scale) and weight
+    """Set each group's LR (schedule x `group_lr` x the adapter's scale x its layer
+    decay factor) and weight
     decay for `step`; returns the schedule's base LR (constant for a schedule-free
     optimiser, which warms up by itself)."""
     if cfg.optimizer in OWN_SCHEDULE:
@@ -137,7 +143,7 @@ def set_learning_rates(
         base = cfg.lr * lr_at(step, total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
     for group in optimizer.param_groups:
         name = group["name"]
-        group["lr"] = base * cfg.group_lr.get(name, 1.0) * scales.get(name, 1.0)
+        group["lr"] = base * cfg.group_lr.get(name, 1.0) * scales.get(name, 1.0) * group.get("lr_scale", 1.0)
         group["weight_decay"] = group["base_wd"] * (wd_scales or {}).get(name, 1.0)
     return base
 

@@ -2,6 +2,7 @@ from conftest import run_pipeline
 from tokenizers import Tokenizer
 
 from multimodal_doubleloop.data.tokenizer import PAD_ID, encode, train_tokenizer
+from multimodal_doubleloop.models.starting_point import StartingPoint
 from multimodal_doubleloop.pipelines.tokenization import create_pipeline
 
 
@@ -31,7 +32,7 @@ def test_tokenizer_trained_on_train_split_only(samples, tokenized):
 
 
 def test_tokenization_pipeline_on_memory_catalog(samples, tokenization_params):
-    catalog = run_pipeline(create_pipeline(), {"samples": samples, "params:tokenization": tokenization_params})
+    catalog = run_pipeline(create_pipeline(), {"samples": samples, "initial_weights": StartingPoint(), "params:tokenization": tokenization_params})
     encoded = catalog.load("encoded_texts")
     assert encoded["input_ids"].shape == (len(samples), tokenization_params["max_length"])
     assert (encoded["sample_id"] == samples["sample_id"].to_numpy()).all()
@@ -63,9 +64,9 @@ def test_bad_tokenization_params_fail_with_key_path(samples):
     from multimodal_doubleloop.pipelines.tokenization.nodes import fit_tokenizer
 
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['vocab'\] in tokenization"):
-        fit_tokenizer(samples, {"vocab": 10})
+        fit_tokenizer(samples, StartingPoint(), {"vocab": 10})
     with pytest.raises(ValueError, match=r"tokenization.max_length='16' has type str"):
-        fit_tokenizer(samples, {"max_length": "16"})
+        fit_tokenizer(samples, StartingPoint(), {"max_length": "16"})
 
 
 def test_word_set_matches_the_pre_tokenizer():

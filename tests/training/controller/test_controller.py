@@ -27,7 +27,7 @@ BOUND = math.log(4.0)
 
 
 class Tiny(nn.Module):
-    """Two named parameter groups, as `MultimodalModel.parameter_groups` gives them."""
+    """Two named components, as `MultimodalModel.components` gives them."""
 
     def __init__(self, dtype=torch.float32):
         super().__init__()
@@ -38,8 +38,11 @@ class Tiny(nn.Module):
     def forward(self, x):
         return self.head(torch.tanh(self.body(x)))
 
-    def parameter_groups(self):
-        return {"vision": list(self.body.parameters()), "heads": list(self.head.parameters())}
+    def components(self):
+        return {"vision": self.body, "heads": self.head}
+
+    def parameter_groups(self, trainable_only: bool = True):
+        return {name: list(part.parameters()) for name, part in self.components().items()}
 
 
 def _batch(i: int, dtype=torch.float32):

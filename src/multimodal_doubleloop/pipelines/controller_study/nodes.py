@@ -140,10 +140,10 @@ def _result_settings(training: dict) -> dict:
 
 def is_done(record: dict, shared: str, cfg: TrainConfig) -> bool:
     """Whether a recorded cell was trained with this study's shared settings and this
-    cell's training settings (housekeeping aside)."""
-    return record.get("study_digest") == shared and _result_settings(record.get("training") or {}) == _result_settings(
-        cfg.to_dict()
-    )
+    cell's training settings (housekeeping aside; a key added since the cell ran, such
+    as `freeze`, counts at its default, which is what the cell ran with)."""
+    recorded = {**TrainConfig().to_dict(), **(record.get("training") or {})}
+    return record.get("study_digest") == shared and _result_settings(recorded) == _result_settings(cfg.to_dict())
 
 
 def question_only_baseline(samples: pd.DataFrame, study_params: dict) -> dict:

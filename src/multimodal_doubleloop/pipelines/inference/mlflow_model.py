@@ -28,6 +28,7 @@ SERVING_PACKAGES = (
     "torch",
     "torchvision",
     "tokenizers",
+    "safetensors",  # models.pretrained (imported with the io package)
     "pillow",
     "pandas",
     "pyarrow",

@@ -8,12 +8,20 @@ import pandas as pd
 from tokenizers import Tokenizer
 
 from ...data.tokenizer import TokenizationConfig, encode, train_tokenizer
+from ...models.starting_point import StartingPoint
 
 logger = logging.getLogger(__name__)
 
 
-def fit_tokenizer(samples: pd.DataFrame, params: dict) -> str:
-    """Train on the `train` split's texts; returns the tokenizer as JSON text."""
+def fit_tokenizer(samples: pd.DataFrame, initial_weights: StartingPoint, params: dict) -> str:
+    """Train on the `train` split's texts; returns the tokenizer as JSON text. A run
+    that starts from pretrained weights (a BERT directory, a previous run) takes their
+    tokenizer instead, so the text tower reads the tokens it was trained on."""
+    if initial_weights.tokenizer is not None:
+        source = initial_weights.sources.get("text") or initial_weights.sources.get("init_from")
+        logger.info("Tokenizer from %s (not trained): %d tokens", source,
+                    Tokenizer.from_str(initial_weights.tokenizer).get_vocab_size())
+        return initial_weights.tokenizer
     texts = samples.loc[samples["split"] == "train", "text"].tolist()
     cfg = TokenizationConfig.from_dict(params)
     tokenizer = train_tokenizer(texts, cfg.vocab_size, cfg.min_frequency)

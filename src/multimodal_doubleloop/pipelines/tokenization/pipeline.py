@@ -6,7 +6,9 @@ from .nodes import build_answer_vocab, encode_texts, fit_tokenizer
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
-            Node(fit_tokenizer, ["samples", "params:tokenization"], "tokenizer", name="fit_tokenizer"),
+            Node(
+                fit_tokenizer, ["samples", "initial_weights", "params:tokenization"], "tokenizer", name="fit_tokenizer"
+            ),
             Node(
                 encode_texts,
                 ["samples", "tokenizer", "params:tokenization"],

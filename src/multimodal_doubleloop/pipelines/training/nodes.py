@@ -16,6 +16,7 @@ from ...data.batching import encoded_split  # noqa: E402
 from ...data.schema import table_fingerprint  # noqa: E402
 from ...data.tokenizer import fingerprint  # noqa: E402
 from ...models import resolve_model_config  # noqa: E402
+from ...models.starting_point import StartingPoint  # noqa: E402
 from ...tasks import TaskContext, TasksConfig, TaskSet, special_ids  # noqa: E402
 from ...training.config import TrainConfig  # noqa: E402
 from ...training.fit import fit_any  # noqa: E402
@@ -44,9 +45,11 @@ def prepare_training(
     training_params: dict,
     tasks_params: dict | None,
     splits: tuple[str, ...] = ("train", "val"),
+    start: StartingPoint | None = None,
 ) -> Prepared:
     """Configs, task set, model config and encoded splits of a run (shared by the
-    train node and the controller study, so both train the same thing)."""
+    train node and the controller study, so both train the same thing). `start`
+    reshapes the model to the checkpoints it starts from and joins the run's identity."""
     train_cfg = TrainConfig.from_dict(training_params)
     tok = Tokenizer.from_str(tokenizer)
     tasks = TaskSet.build(
@@ -55,6 +58,8 @@ def prepare_training(
     model_config = resolve_model_config(
         model_params, tok.get_vocab_size(), encoded_texts["input_ids"].shape[1], heads=tasks.head_configs
     )
+    if start is not None and not start.empty:
+        model_config = start.model_config(model_config)
     encoded = {
         s: tasks.attach_targets(encoded_split(samples, encoded_texts, image_ids, answer_vocab, s), samples, s)
         for s in splits
@@ -71,6 +76,8 @@ def prepare_training(
             "samples_sha256": table_fingerprint(samples),
         },
     }
+    if start is not None and not start.empty:  # another starting point is another run
+        run_config["init"] = dict(start.sources)
     return Prepared(train_cfg, tasks, model_config, encoded, run_config)
 
 
@@ -83,14 +90,19 @@ def train_model(
     model_params: dict,
     training_params: dict,
     tasks_params: dict | None = None,
+    initial_weights: StartingPoint | None = None,
 ) -> tuple[dict, dict, list[dict]]:
     """Returns the trained model (config + weights), MLflow metric histories (with
     the controller's decisions as `controller/...` when it is on) and the per-epoch
-    history table."""
+    history table. `initial_weights` (the catalog's) is where the model starts from."""
+    check_starting_point(model_params, initial_weights)
     run = prepare_training(
-        samples, encoded_texts, images["image_ids"], answer_vocab, tokenizer, model_params, training_params, tasks_params
+        samples, encoded_texts, images["image_ids"], answer_vocab, tokenizer, model_params, training_params,
+        tasks_params, start=initial_weights,
     )
-    weights, state, trace = fit_any(run.model_config, run.splits, images, run.train_cfg, run.run_config, run.tasks)
+    weights, state, trace = fit_any(
+        run.model_config, run.splits, images, run.train_cfg, run.run_config, run.tasks, initial_weights
+    )
     curves = {
         key: [{"step": row["epoch"], "value": float(row[key])} for row in state.history if key in row]
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "questions_per_s")
@@ -102,6 +114,22 @@ def train_model(
     # labels: class names per head, the one source evaluation and serving read them from
     trained = {"config": run.model_config, "state_dict": weights, "labels": run.tasks.labels()}
     return trained, {k: v for k, v in curves.items() if v}, state.history
+
+
+def check_starting_point(model_params: dict, start: StartingPoint | None) -> None:
+    """`model.init_from` / `model.pretrained.*` as the parameters have them must be what
+    the catalog's `initial_weights` read (it reads them from `--params`)."""
+    requested = start.requested if start is not None else {}
+    wanted = {"init_from": model_params.get("init_from") or "", **{
+        k: v or "" for k, v in (model_params.get("pretrained") or {}).items()}}
+    for key, value in wanted.items():
+        if value != requested.get(key, ""):
+            name = "model.init_from" if key == "init_from" else f"model.pretrained.{key}"
+            raise ValueError(
+                f"{name}={value!r} in the parameters, but the catalog's initial_weights read "
+                f"{requested.get(key, '')!r}: set it on the command line (--params {name}=...), "
+                "which both read, or in the initial_weights entry of the catalog"
+            )
 
 
 def plot_controller_decisions(training_curves: dict) -> plt.Figure:

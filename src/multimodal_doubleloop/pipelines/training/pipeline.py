@@ -19,7 +19,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 train_model,
-                [*TRAINING_INPUTS, "params:tasks"],
+                [*TRAINING_INPUTS, "params:tasks", "initial_weights"],
                 ["trained_model", "training_curves", "training_history"],
                 name="train_model",
             ),
