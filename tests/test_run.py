@@ -158,7 +158,8 @@ def _runs(project: Path) -> list:
 @pytest.mark.slow
 def test_a_run_fine_tunes_from_the_previous_one_through_the_catalog(project):
     run_kedro(project)
-    run_kedro(project, "train", "--params", "model.init_from=trained_model,training.layer_decay=0.8,training.freeze.vision=2")
+    run_kedro(project, "train", "--params",  # another tokenizer setting: ignored, the previous run's is handed on
+              "model.init_from=trained_model,training.layer_decay=0.8,training.freeze.vision=2,tokenization.vocab_size=40")
     first, second = _runs(project)
     params = second.data.params
     assert params["init.init_from"].startswith("trained_model@") and params["training.layer_decay"] == "0.8"

@@ -41,7 +41,7 @@ def test_init_from_the_newest_trained_model_brings_its_tokenizer(tmp_path, previ
         init_from="trained_model", trained_model_path=str(tmp_path / "model.pt"),
         tokenizer_path=str(tmp_path / "tokenizer.json"),
     ).load()
-    assert start.sources["init_from"] == f"trained_model@{version}" and start.tokenizer == tokenizer
+    assert start.sources["init_from"].startswith(f"trained_model@{version} weights:") and start.tokenizer == tokenizer
     assert all(torch.equal(start.previous["state_dict"][k], v) for k, v in trained["state_dict"].items())
 
 
@@ -51,6 +51,7 @@ def test_init_from_a_training_checkpoint_reads_its_config_beside_it(tmp_path, pr
                            {"config": {"model": trained["config"]}}, keep_last=2)
     start = InitialWeightsDataset(init_from=str(path)).load()
     assert start.previous["config"] == trained["config"] and start.tokenizer is None
+    assert start.tokenizer_sha256 is None  # this meta records none; a real checkpoint's does (data.tokenizer_sha256)
 
 
 def test_init_from_an_mlflow_run(tmp_path, previous, monkeypatch):
@@ -123,23 +124,49 @@ def test_a_tokenizer_that_does_not_match_the_bert_weights_is_refused(train_setup
     _bert_dir("memory://models/bert2")
     start = InitialWeightsDataset(text="memory://models/bert2").load()
     config, _, _ = train_setup  # its own tokenizer's vocabulary, not BERT's
-    with pytest.raises(ValueError, match="tokenizer must come from the same directory"):
+    with pytest.raises(ValueError, match="vocab_size=12 but its tokenizer has"):
         start.model_config(config)
 
 
-def test_a_previous_run_hands_on_towers_and_fusion_and_heads_whose_shapes_match(previous):
+def test_a_previous_run_hands_on_towers_and_fusion_and_heads_whose_classes_match(previous):
+    trained, _ = previous
+    n = trained["config"]["heads"]["answer"]["num_outputs"]
+    names = [f"class{i}" for i in range(n)]
+    model = build_model(ModelConfig.from_dict(trained["config"]))
+    same = load_previous(model, {**trained, "labels": {"answer": names}}, {"answer": names})
+    assert not same.missing and all(torch.equal(model.state_dict()[k], v) for k, v in trained["state_dict"].items())
+    # the same number of classes in another order: the head starts at init
+    model = build_model(ModelConfig.from_dict(trained["config"]))
+    report = load_previous(model, {**trained, "labels": {"answer": names}}, {"answer": names[::-1]})
+    assert report.missing and all(k.startswith("heads.answer.") for k in report.missing)
+    for key, value in trained["state_dict"].items():
+        if value.ndim >= 2:  # random at init (norms start at ones either way)
+            assert torch.equal(model.state_dict()[key], value) == (not key.startswith("heads.")), key
+
+
+def test_a_previous_tower_that_does_not_fit_fails_by_name(previous):
     trained, _ = previous
     config = json.loads(json.dumps(trained["config"]))
-    config["heads"]["answer"]["num_outputs"] += 2  # other classes: this head starts at init
+    config["fusion"]["depth"] += 1  # a fusion layer the previous run does not have
     model = build_model(ModelConfig.from_dict(config))
-    report = load_previous(model, trained["state_dict"])
-    ours = model.state_dict()
-    for key, value in trained["state_dict"].items():
-        if key.startswith(("vision.", "text.", "fusion.")):
-            assert torch.equal(ours[key], value), key
-    last = [k for k in ours if k.startswith("heads.answer.") and ours[k].shape != trained["state_dict"][k].shape]
-    assert last and set(last) <= set(report.missing)
-    assert any(k.startswith(last[0]) for k in report.unexpected)
+    with pytest.raises(ValueError, match=r"do not fit this model: \['fusion\."):
+        load_previous(model, trained, {})
+
+
+def test_a_previous_text_tower_needs_the_tokenizer_it_was_trained_with(samples, images, tokenized, model_params, training_params):
+    from multimodal_doubleloop.data.tokenizer import fingerprint
+    from multimodal_doubleloop.pipelines.training.nodes import prepare_training
+
+    args = (samples, tokenized["encoded_texts"], images["image_ids"], tokenized["answer_vocab"],
+            tokenized["tokenizer"], model_params, training_params, None)
+    config = prepare_training(*args).model_config
+    trained = {"config": config, "state_dict": build_model(ModelConfig.from_dict(config)).state_dict()}
+    recorded = StartingPoint(previous=trained, tokenizer_sha256=fingerprint(tokenized["tokenizer"]))
+    prepare_training(*args, start=recorded)  # a checkpoint that records this tokenizer
+    with pytest.raises(ValueError, match="tokenizer it does not record"):
+        prepare_training(*args, start=StartingPoint(previous=trained, requested={"init_from": "x.pt"}))
+    with pytest.raises(ValueError, match="another tokenizer"):
+        prepare_training(*args, start=StartingPoint(previous=trained, tokenizer_sha256="0" * 64))
 
 
 def test_the_starting_point_joins_the_run_identity(samples, images, tokenized, model_params, training_params):
@@ -150,13 +177,18 @@ def test_the_starting_point_joins_the_run_identity(samples, images, tokenized, m
     plain = prepare_training(*args)
     assert "init" not in plain.run_config and prepare_training(*args, start=StartingPoint()).run_config == plain.run_config
     trained = {"config": plain.model_config, "state_dict": build_model(ModelConfig.from_dict(plain.model_config)).state_dict()}
-    start = StartingPoint(previous=trained, sources={"init_from": "trained_model@v1"})
+    start = StartingPoint(previous=trained, tokenizer=tokenized["tokenizer"], sources={"init_from": "trained_model@v1"})
     assert prepare_training(*args, start=start).run_config["init"] == {"init_from": "trained_model@v1"}
 
 
 def test_parameters_and_catalog_must_agree_on_the_starting_point():
-    from multimodal_doubleloop.pipelines.training.nodes import check_starting_point
+    from multimodal_doubleloop.pipelines.parameters import check_parameters, check_starting_point
 
-    check_starting_point({"init_from": "", "pretrained": {"vision": "", "text": ""}}, StartingPoint())
-    with pytest.raises(ValueError, match=r"--params model.init_from"):
-        check_starting_point({"init_from": "trained_model"}, StartingPoint(requested={"init_from": ""}))
+    entry = {"type": "CachedDataset", "dataset": {"init_from": "", "vision": "", "text": ""}}
+    check_starting_point({"init_from": "", "pretrained": {"vision": "", "text": ""}}, entry)
+    with pytest.raises(ValueError, match=r"--params model.init_from"):  # in a parameters file only
+        check_starting_point({"init_from": "trained_model"}, entry)
+    with pytest.raises(ValueError, match=r"model.pretrained.text='' in the parameters.*reads 'dir'"):  # catalog only
+        check_starting_point({"pretrained": {"text": ""}}, {"dataset": {"text": "dir"}})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['init_fom'\] in model"):
+        check_parameters({"model": {"preset": "cpu", "presets": {"cpu": {}}, "init_fom": "x"}})

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from multimodal_doubleloop.models import ModelConfig, build_model
 from multimodal_doubleloop.models.pretrained import (
+    TIMM_VIT_HEADS,
     LoadReport,
     bert_text_config,
     load_hf_bert,
@@ -192,10 +193,11 @@ def test_timm_vit_shape_mismatch_names_key_and_shapes(timm):
         load_timm_vit(tower, state_dict)
 
 
-def test_timm_vit_config_needs_heads_for_narrow_dims(timm):
+def test_timm_vit_config_takes_timm_s_heads_by_width_and_needs_them_otherwise(timm):
     with pytest.raises(ValueError, match="pass heads="):
-        timm_vit_config(tiny_timm(timm, embed_dim=96, num_heads=2).state_dict())
-    assert timm_vit_config(tiny_timm(timm, embed_dim=128).state_dict())["heads"] == 2  # 128 // 64
+        timm_vit_config(tiny_timm(timm, embed_dim=128, num_heads=2).state_dict())
+    assert timm_vit_config(tiny_timm(timm, embed_dim=192, num_heads=3).state_dict())["heads"] == 3  # ViT-Ti
+    assert TIMM_VIT_HEADS[1280] == 16  # ViT-H/14: 16 heads of 80, not 1280 / 64
 
 
 # ---------------------------------------------------------------- read_state_dict

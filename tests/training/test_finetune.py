@@ -38,11 +38,20 @@ def test_a_frozen_tower_keeps_its_weights_until_its_step(train_setup, training_p
     assert _changed(start, model, "vision.")
 
 
-def test_freeze_true_holds_for_the_whole_run_and_adamw_keeps_no_state(train_setup, training_params):
-    config, _, _ = train_setup
+def test_freeze_true_holds_for_the_whole_run(train_setup, training_params):
     start, model = _run(train_setup, {**training_params, "freeze": {"text": True, "heads": False}})
     assert not _changed(start, model, "text.") and _changed(start, model, "heads.")
     assert not any(p.requires_grad for p in model.text.parameters())
+
+
+def test_the_fine_tuning_keys_at_their_defaults_keep_a_configuration_s_checkpoints(training_params):
+    from multimodal_doubleloop.training.checkpoint import _config_diff, config_digest
+
+    now = {"model": {"a": 1}, "training": TrainConfig.from_dict(training_params).to_dict()}
+    before = {"model": {"a": 1}, "training": {k: v for k, v in now["training"].items() if k not in ("freeze", "layer_decay")}}
+    assert config_digest(now) == config_digest(before) and _config_diff(before, now) == []
+    tuned = {**now, "training": {**now["training"], "layer_decay": 0.5}}
+    assert config_digest(tuned) != config_digest(now) and _config_diff(before, tuned) == ["training.layer_decay"]
 
 
 def test_a_run_resumed_across_the_unfreeze_step_is_bit_identical(train_setup, training_params, tmp_path):
@@ -76,6 +85,15 @@ def test_layer_decay_scales_each_block_of_a_tower_on_top_of_group_lr_and_the_out
     assert sorted({g["name"] for g in optimizer.param_groups}) == ["fusion", "heads", "text", "vision"]
 
 
+def test_layer_decay_leaves_early_fusion_alone(train_setup, training_params):
+    config, _, _ = train_setup
+    config = {**config, "fusion": {**config["fusion"], "kind": "early"}}
+    model = build_model(ModelConfig.from_dict(config))
+    optimizer = make_optimizer(model, TrainConfig.from_dict({**training_params, "layer_decay": 0.5}))
+    assert {g["lr_scale"] for g in optimizer.param_groups if g["name"] in ("fusion", "heads")} == {1.0}
+    assert len({g["lr_scale"] for g in optimizer.param_groups if g["name"] == "vision"}) > 2
+
+
 def test_without_layer_decay_the_groups_are_one_per_component_and_decay(train_setup, training_params):
     config, _, _ = train_setup
     model = build_model(ModelConfig.from_dict(config))
@@ -104,3 +122,34 @@ def test_bad_fine_tuning_settings_say_what_to_fix(training_params, change, messa
 def test_frozen_reads_steps_and_booleans():
     assert frozen(True, 10**9) and not frozen(False, 0)
     assert frozen(5, 4) and not frozen(5, 5) and not frozen(0, 0)
+
+
+def test_the_double_loop_keeps_its_scales_on_top_of_a_frozen_then_unfrozen_tower(train_setup, training_params):
+    from multimodal_doubleloop.training.controller import build_adapter
+
+    config, split, store = train_setup
+    cfg = TrainConfig.from_dict({
+        **training_params, "epochs": 5, "checkpoint_every": 0, "freeze": {"vision": 12},
+        "controller": {"method": "double_loop", "every": 4, "measure_every": 2, "max_log_step": 0.35},
+    })
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_dict(config))
+    adapter = build_adapter(cfg.controller, list(model.parameter_groups(trainable_only=False)), cfg.warmup_steps)
+    vision = adapter.groups.index("vision")
+    state = train(model, split, None, store, cfg, {"model": config, "training": cfg.to_dict()}, TaskSet.answer_only(), adapter)
+    assert state.step > 16 and not any(r["fallback"] for r in adapter.trace)
+    frozen = [r for r in adapter.trace if 4 < r["step"] <= 12]
+    # while frozen: the meter sees no vision statistics, so its scale does not move ...
+    assert frozen and len({r["lr_scale/vision"] for r in frozen}) == 1
+    # ... and afterwards the group is adapted like the others, from finite normalisers
+    assert torch.isfinite(adapter.norm_mean[vision]).all()
+    assert all(torch.isfinite(torch.tensor(r["lr_scale/vision"])) for r in adapter.trace)
+    # a window without a group's statistics leaves its normalisers and reads it as the mean
+    n, before = len(adapter.groups), adapter.norm_mean.clone()
+    stats = {"log_grad_norm": torch.full((n,), 3.0, dtype=torch.float64),
+             "log_update_ratio": torch.full((n,), -2.0, dtype=torch.float64),
+             "lr_cosine": torch.zeros(n, dtype=torch.float64),
+             "count": torch.tensor([0.0 if i == vision else 2.0 for i in range(n)], dtype=torch.float64)}
+    features = adapter._features(stats)
+    assert torch.equal(adapter.norm_mean[vision], before[vision]) and (features[vision, :5] == 0).all()
+    assert not torch.equal(adapter.norm_mean[(vision + 1) % n], before[(vision + 1) % n])

@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     params = conf["parameters"]
     inputs = [catalog.load(name) for name in INPUTS]
     training = {**params["training"], "world_size": ctx.world_size}
-    trained, _curves, history = train_model(*inputs, params["model"], training, params.get("tasks", {}))
+    trained, _curves, history = train_model(
+        *inputs, params["model"], training, params.get("tasks", {}), catalog.load("initial_weights")
+    )
     if ctx.is_main:
         catalog.save("trained_model", trained)
         catalog.save("training_history", history)

@@ -178,9 +178,11 @@ class ParameterCheckHooks:
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        from ..pipelines.parameters import check_parameters
+        from ..pipelines.parameters import check_parameters, check_starting_point
 
         check_parameters(context.params)
+        if "model" in context.params:
+            check_starting_point(context.params["model"], context.config_loader["catalog"].get("initial_weights"))
 
 
 def run_name(pipeline: str, params: dict) -> str:

@@ -20,6 +20,7 @@ on its tokenizer too (where it has one), so its text tower reads the same tokens
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from pathlib import PurePosixPath
@@ -58,7 +59,10 @@ class InitialWeightsDataset(AbstractDataset[None, StartingPoint]):
     def load(self) -> StartingPoint:
         start = StartingPoint(requested={"init_from": self._init_from, "vision": self._vision, "text": self._text})
         if self._init_from:
-            start.previous, start.tokenizer, start.sources["init_from"] = self._previous(self._init_from)
+            start.previous, start.tokenizer, where = self._previous(self._init_from)
+            start.tokenizer_sha256 = start.previous.pop("tokenizer_sha256", None)
+            # the content, not only the name: an alias (@champion) moves, a file is replaced
+            start.sources["init_from"] = f"{where} weights:{weights_sha256(start.previous['state_dict'])[:16]}"
         if self._vision:
             data = self._read(self._vision)
             start.vision = read_state_dict(data)
@@ -99,7 +103,26 @@ class InitialWeightsDataset(AbstractDataset[None, StartingPoint]):
             local = download_model(source) / "artifacts"
             model = TorchModelDataset(str(local / "model.pt")).load()
             return model, _text_or_none(str(local / "tokenizer.json"), {}), source
-        return _model_file(self._read(source), source), None, source
+        beside = source.rsplit("/", 1)[0] + "/tokenizer.json" if "/" in source else "tokenizer.json"
+        return self._model_file(self._read(source), source), _text_or_none(beside, self._storage), source
+
+    def _model_file(self, data: bytes, source: str) -> dict:
+        """A trained-model `.pt` ({"config", "state_dict"}) or a training checkpoint
+        (`step_*.pt`: {"model": state dict, ...}; its config, and the digest of the
+        tokenizer it was trained with, in the `.json` beside it)."""
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if isinstance(payload, dict) and {"config", "state_dict"} <= set(payload):
+            return payload
+        if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
+            with fsspec.open(source[: -len(".pt")] + ".json", "r", **self._storage) as f:
+                meta = json.load(f)
+            logger.info("init_from %s: a training checkpoint (step %s)", source, meta.get("step"))
+            return {"config": meta["config"]["model"], "state_dict": payload["model"],
+                    "tokenizer_sha256": meta["config"].get("data", {}).get("tokenizer_sha256")}
+        raise DatasetError(
+            f"model.init_from={source!r} is neither a trained-model file ('config', 'state_dict') nor a "
+            "training checkpoint ('model'); give trained_model[@version], a models:/ or runs:/ URI, or such a file"
+        )
 
     def save(self, data: Any) -> None:
         raise DatasetError("initial_weights is read-only: it names where a run's model starts from")
@@ -113,21 +136,10 @@ def _text_or_none(url: str, storage: dict) -> str | None:
     return fs.cat_file(path).decode() if fs.exists(path) else None
 
 
-def _model_file(data: bytes, source: str) -> dict:
-    """A trained-model `.pt` ({"config", "state_dict"}) or a training checkpoint
-    (`step_*.pt`: {"model": state dict, ...}, its config in the `.json` beside it)."""
-    import io
-
-    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if isinstance(payload, dict) and {"config", "state_dict"} <= set(payload):
-        return payload
-    if isinstance(payload, dict) and isinstance(payload.get("model"), dict):
-        meta_url = str(PurePosixPath(source).with_suffix(".json")) if "://" not in source else source[:-3] + ".json"
-        with fsspec.open(meta_url, "r") as f:
-            config = json.load(f)["config"]["model"]
-        logger.info("init_from %s: a training checkpoint (step %s)", source, PurePosixPath(source).stem)
-        return {"config": config, "state_dict": payload["model"]}
-    raise DatasetError(
-        f"model.init_from={source!r} is neither a trained-model file ('config', 'state_dict') nor a "
-        "training checkpoint ('model'); give trained_model[@version], a models:/ or runs:/ URI, or such a file"
-    )
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names and bytes: the identity of a starting point."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode())
+        digest.update(state_dict[name].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

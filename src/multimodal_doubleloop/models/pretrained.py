@@ -141,25 +141,30 @@ def _mlp_ratio(dim: int, hidden: int, what: str) -> float:
     return ratio
 
 
+# Head count by width of timm's ViT families (Ti, S, B, L, H, g, G): not in a state dict.
+TIMM_VIT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16, 1664: 16}
+
+
 def timm_vit_config(
     state_dict: dict[str, torch.Tensor], image_size: int | None = None, heads: int | None = None
 ) -> dict:
     """`VisionConfig` kwargs that fit a timm ViT checkpoint (vit_*_patch16_224 layout).
 
     Read from the tensors' shapes: dim, depth, patch_size, in_channels, mlp_ratio.
-    `heads` is not in a state dict: by default dim // 64 (every timm vit_*_patch16 has
-    64-wide heads); pass it for others. `image_size` defaults to the checkpoint's grid x
+    `heads` is not in a state dict: by default timm's for that width (`TIMM_VIT_HEADS`;
+    ViT-H/14 is 1280 wide with 16 heads, not 1280 / 64); pass it for other widths. `image_size` defaults to the checkpoint's grid x
     patch; another size is fine (the loader resamples pos_embed as timm does)."""
     _check_vit_layout(state_dict)
     dim = state_dict["cls_token"].shape[-1]
     weight = state_dict["patch_embed.proj.weight"]  # (D, C, P, P)
     depth = len({int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))})
     if heads is None:
-        if dim % 64:
+        if dim not in TIMM_VIT_HEADS:
             raise ValueError(
-                f"dim={dim} is not a multiple of 64: pass heads= (not in a state dict)"
+                f"a {dim}-wide ViT is none of timm's ViT-Ti/S/B/L/H/g/G widths {sorted(TIMM_VIT_HEADS)}: "
+                "its head count is not in a state dict, pass heads="
             )
-        heads = dim // 64
+        heads = TIMM_VIT_HEADS[dim]
     hidden = state_dict["blocks.0.mlp.fc1.weight"].shape[0]
     grid = _square_side(state_dict["pos_embed"].shape[1] - 1)
     return {

@@ -47,6 +47,16 @@ RESUMABLE_DIFFERENCES = {
 }
 
 
+# Keys added after checkpoints existed. At these values (their defaults, which is what
+# a run from before had) they are no part of a configuration's identity: its folder
+# and the resume check stay what they were.
+ADDED_WITH_DEFAULTS = {"training.freeze": {}, "training.layer_decay": 1.0}
+
+
+def _at_added_default(path: str, value) -> bool:
+    return path in ADDED_WITH_DEFAULTS and value == ADDED_WITH_DEFAULTS[path]
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is unreadable, corrupted or from another configuration."""
 
@@ -159,7 +169,7 @@ def _config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
     diffs = []
     for key in sorted(keys):
         path = f"{prefix}{key}"
-        a, b = saved.get(key), current.get(key)
+        a, b = saved.get(key, ADDED_WITH_DEFAULTS.get(path)), current.get(key, ADDED_WITH_DEFAULTS.get(path))
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += _config_diff(a, b, path + ".")
         elif a != b and not (isinstance(a, (list, tuple)) and list(a) == list(b or [])):
@@ -173,7 +183,7 @@ def config_digest(run_config: dict) -> str:
         return {
             k: prune(v, f"{prefix}{k}.") if isinstance(v, dict) else v
             for k, v in value.items()
-            if f"{prefix}{k}" not in RESUMABLE_DIFFERENCES
+            if f"{prefix}{k}" not in RESUMABLE_DIFFERENCES and not _at_added_default(f"{prefix}{k}", v)
         }
 
     text = json.dumps(prune(run_config), sort_keys=True, default=str)

@@ -31,7 +31,7 @@ def fit(
     torch.manual_seed(train_cfg.seed)  # identical initial weights on every rank
     model = build_model(ModelConfig.from_dict(model_config))
     if start is not None and not start.empty:
-        start.apply(model)
+        start.apply(model, tasks.labels())
     adapter = build_adapter(train_cfg.controller, list(model.parameter_groups(trainable_only=False)), train_cfg.warmup_steps)
     state = train(
         model,

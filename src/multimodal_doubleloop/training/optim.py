@@ -50,7 +50,7 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     frozen until a step (`training.freeze`) then trains without a new optimiser."""
     groups = []
     for name, part in model.components().items():
-        scales = layer_scales(part, cfg.layer_decay)
+        scales = layer_scales(part, cfg.layer_decay if name in ("vision", "text") else 1.0)  # towers only
         buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
         for pname, p in part.named_parameters():
             buckets.setdefault((scales[pname], p.ndim >= 2), []).append(p)

@@ -60,6 +60,7 @@ def prepare_training(
     )
     if start is not None and not start.empty:
         model_config = start.model_config(model_config)
+        check_text_tokens(start, tokenizer, model_config)
     encoded = {
         s: tasks.attach_targets(encoded_split(samples, encoded_texts, image_ids, answer_vocab, s), samples, s)
         for s in splits
@@ -95,7 +96,6 @@ def train_model(
     """Returns the trained model (config + weights), MLflow metric histories (with
     the controller's decisions as `controller/...` when it is on) and the per-epoch
     history table. `initial_weights` (the catalog's) is where the model starts from."""
-    check_starting_point(model_params, initial_weights)
     run = prepare_training(
         samples, encoded_texts, images["image_ids"], answer_vocab, tokenizer, model_params, training_params,
         tasks_params, start=initial_weights,
@@ -116,20 +116,21 @@ def train_model(
     return trained, {k: v for k, v in curves.items() if v}, state.history
 
 
-def check_starting_point(model_params: dict, start: StartingPoint | None) -> None:
-    """`model.init_from` / `model.pretrained.*` as the parameters have them must be what
-    the catalog's `initial_weights` read (it reads them from `--params`)."""
-    requested = start.requested if start is not None else {}
-    wanted = {"init_from": model_params.get("init_from") or "", **{
-        k: v or "" for k, v in (model_params.get("pretrained") or {}).items()}}
-    for key, value in wanted.items():
-        if value != requested.get(key, ""):
-            name = "model.init_from" if key == "init_from" else f"model.pretrained.{key}"
-            raise ValueError(
-                f"{name}={value!r} in the parameters, but the catalog's initial_weights read "
-                f"{requested.get(key, '')!r}: set it on the command line (--params {name}=...), "
-                "which both read, or in the initial_weights entry of the catalog"
-            )
+def check_text_tokens(start: StartingPoint, tokenizer: str, model_config: dict) -> None:
+    """A previous run's text tower reads token ids: this run's tokenizer must be the one
+    it was trained with (handed on with the weights, or recorded in a checkpoint)."""
+    if start.previous is None or not model_config.get("text"):
+        return
+    if not any(k.startswith("text.") for k in start.previous["state_dict"]):
+        return
+    expected = fingerprint(start.tokenizer) if start.tokenizer is not None else start.tokenizer_sha256
+    if expected != fingerprint(tokenizer):
+        raise ValueError(
+            f"model.init_from={start.requested.get('init_from')!r}: its text tower was trained with "
+            f"{'another tokenizer' if expected else 'a tokenizer it does not record'} than this run's; start "
+            "from trained_model@<version>, models:/... or runs:/... (they hand theirs on), or put its "
+            "tokenizer.json beside the file"
+        )
 
 
 def plot_controller_decisions(training_curves: dict) -> plt.Figure:

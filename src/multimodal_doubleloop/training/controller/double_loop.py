@@ -155,13 +155,17 @@ class DoubleLoopController(ScaleAdapter):
             ],
             1,
         )  # (G, NORMALISED)
+        # A group the meter did not see this window (frozen: `training.freeze`) has no
+        # statistics: its normalisers hold and its features read 0 (the mean).
+        count = stats.get("count")
+        seen = (torch.ones(n, dtype=torch.bool) if count is None else count.cpu() > 0).unsqueeze(1)
         d = self.cfg.norm_decay
-        self.norm_mean = d * self.norm_mean + (1 - d) * raw
-        self.norm_sq = d * self.norm_sq + (1 - d) * raw.square()
+        self.norm_mean = torch.where(seen, d * self.norm_mean + (1 - d) * raw, self.norm_mean)
+        self.norm_sq = torch.where(seen, d * self.norm_sq + (1 - d) * raw.square(), self.norm_sq)
         self.norm_weight = d * self.norm_weight + (1 - d)
         mean = self.norm_mean / self.norm_weight
         var = (self.norm_sq / self.norm_weight - mean.square()).clamp_min(0)
-        normalised = ((raw - mean) / (var + 1e-4).sqrt()).clamp(-5, 5)
+        normalised = torch.where(seen, ((raw - mean) / (var + 1e-4).sqrt()).clamp(-5, 5), 0.0)
         bounded = torch.stack(
             [
                 stats["lr_cosine"].clamp(-1, 1),
