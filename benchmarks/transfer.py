@@ -91,6 +91,7 @@ def main(argv=None) -> None:
     parser.add_argument("--pretrained", default="", help="a trained_model version to start from (skips pretraining)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--target", type=float, default=0.9, help="validation accuracy for time to target")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="training images held out to validate on")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
 
@@ -102,7 +103,7 @@ def main(argv=None) -> None:
     table, root = easy_vqa_table()
     data = write_slice(table, root, args.fraction)
     logger.info("fine-tuning data: %s", data)
-    common = ["tasks.active=answer", f"training.epochs={args.epochs}"]
+    common = ["tasks.active=answer", f"training.epochs={args.epochs}", f"ingestion.val_fraction={args.val_fraction}"]
     runs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for arm, extra in (("scratch", []), ("init_from", [f"model.init_from=trained_model@{version}"])):
