@@ -145,6 +145,10 @@ def run_pipeline(pipeline, inputs: dict, datasets: dict | None = None):
         def _release(self) -> None:
             pass
 
+    if "initial_weights" in pipeline.inputs() and "initial_weights" not in inputs:
+        from multimodal_doubleloop.models.starting_point import StartingPoint
+
+        inputs = {**inputs, "initial_weights": StartingPoint()}  # random init, as the base catalog's entry
     catalog = DataCatalog({k: KeptDataset(v, copy_mode="assign") for k, v in inputs.items()})
     for name, dataset in (datasets or {}).items():
         catalog[name] = dataset
