@@ -1,9 +1,11 @@
 """Training throughput: image-major vs per-question batching on the same model.
 
-Image-major batches run the vision tower once per unique image and gather its
-keys/values for each question; per-question batches repeat the image for every
-question. Both see the same questions per step. MFU is measured against an fp32
-matmul peak measured in this same run.
+Image-major batches run the vision tower once per unique image, and on CPU all the
+questions of one image cross-attend it as one query sequence (`fusion.unpad`);
+per-question batches repeat the image for every question. Both see the same
+questions per step, with the text tower run once per distinct question of a batch
+(`text.unpad`). MFU is the FLOPs the step executes (counted) per second against an
+fp32 matmul peak measured in this same run.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 20] [--preset cpu]
 
@@ -41,13 +43,18 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def synthetic_split(images: int, questions_per_image: int, length: int, vocab: int, answers: int):
-    """easy-VQA-shaped data: ~10 questions of ~10 tokens per 64x64 image."""
+def synthetic_split(
+    images: int, questions_per_image: int, length: int, vocab: int, answers: int, distinct: int = 107
+):
+    """easy-VQA-shaped data: ~10 questions of ~10 tokens per 64x64 image, each drawn
+    from `distinct` question strings (easy-VQA has 107, so a batch repeats some)."""
     g = torch.Generator().manual_seed(0)
     n = images * questions_per_image
-    lengths = torch.randint(7, length + 1, (n,), generator=g)
-    mask = (torch.arange(length)[None] < lengths[:, None]).long()
-    ids = torch.randint(5, vocab, (n, length), generator=g) * mask
+    lengths = torch.randint(7, length + 1, (distinct,), generator=g)
+    pool_mask = (torch.arange(length)[None] < lengths[:, None]).long()
+    pool = torch.randint(5, vocab, (distinct, length), generator=g) * pool_mask
+    which = torch.randint(0, distinct, (n,), generator=g)
+    ids, mask = pool[which], pool_mask[which]
     split = EncodedSplit(
         image_rows=torch.arange(images).repeat_interleave(questions_per_image),
         input_ids=ids,
@@ -105,7 +112,7 @@ def main() -> None:
     model_params["preset"] = args.preset
     config = resolve_model_config(model_params, vocab_size=123, max_length=16, num_answers=13)
     model = build_model(ModelConfig.from_dict(config))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as training.optim
     step = step_fn(model, optimizer)
 
     n_images = args.images_per_batch * (args.steps + args.warmup)

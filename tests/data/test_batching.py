@@ -236,3 +236,38 @@ def test_world_size_one_is_the_plain_sampler():
     plain.set_epoch(4)
     one.set_epoch(4)
     assert batches(plain) == batches(one)
+
+
+# texts_per_image: a subset of each image's texts, drawn anew every epoch
+
+
+def test_texts_per_image_takes_that_many_of_each_image_and_all_of_smaller_ones():
+    rows = torch.tensor([0] * 10 + [1] * 3 + [2] * 6)
+    sampler = ImageMajorBatches(rows, 3, shuffle=False, texts_per_image=4)
+    (batch,) = list(sampler)
+    per_image = np.bincount(rows[batch].numpy())
+    assert per_image.tolist() == [4, 3, 4]  # image 1 has only 3
+    assert len(set(batch.tolist())) == len(batch)
+    assert np.all(np.diff(batch) > 0)  # each image's texts keep their split order
+
+
+def test_texts_per_image_draws_again_each_epoch_and_replays_on_resume():
+    rows = torch.arange(40).repeat_interleave(10)  # 40 images x 10 texts
+    sampler = ImageMajorBatches(rows, 4, shuffle=True, seed=3, texts_per_image=2)
+    seen = set()
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert sum(len(b) for b in batches) == 80  # every image, 2 texts each
+        seen |= set(np.concatenate(batches).tolist())
+        sampler.set_epoch(epoch, start_batch=3)  # a resumed epoch replays the same draws
+        assert all(np.array_equal(a, b) for a, b in zip(list(sampler), batches[3:], strict=True))
+    assert len(seen) > 300  # different texts each epoch: most of the 400 after 6 epochs
+    fresh = ImageMajorBatches(rows, 4, shuffle=True, seed=3, texts_per_image=2)
+    fresh.set_epoch(5)
+    assert all(np.array_equal(a, b) for a, b in zip(fresh, batches, strict=True))
+
+
+def test_texts_per_image_must_not_be_negative():
+    with pytest.raises(ValueError, match="texts_per_image"):
+        ImageMajorBatches(torch.arange(4), 2, shuffle=False, texts_per_image=-1)

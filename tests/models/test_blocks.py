@@ -13,6 +13,7 @@ from multimodal_doubleloop.models.blocks import (
     MLP,
     Attention,
     Block,
+    Grouping,
     Packing,
     key_padding_mask,
     run_blocks,
@@ -61,6 +62,48 @@ def test_unpack_puts_zeros_at_the_padding_and_inverts_pack():
     assert torch.equal(unpacked[real], x[real])
     assert torch.count_nonzero(unpacked[~real]) == 0
     assert torch.equal(packing.pack(unpacked), packing.pack(x))
+
+
+# Grouping
+
+
+def test_grouping_puts_each_group_in_one_padded_row_and_inverts():
+    groups = torch.tensor([2, 0, 2, 2, 0])  # unsorted; group 1 is empty
+    grouping = Grouping(groups, num_groups=3)
+    assert grouping.length == 3  # most rows of one group
+    x = torch.arange(5.0)[:, None].expand(5, 2)  # value = row
+    grouped = grouping.scatter(x)
+    assert grouped.shape == (3, 3, 2)
+    assert grouped[0, :, 0].tolist() == [1.0, 4.0, 0.0]  # rows of group 0 in order, then padding
+    assert grouped[1].abs().sum() == 0
+    assert grouped[2, :, 0].tolist() == [0.0, 2.0, 3.0]
+    assert torch.equal(grouping.gather(grouped), x)
+
+
+def test_grouped_cross_attention_equals_gathered_memory():
+    """All queries of one memory row in one sequence give what a copy of the memory
+    per query row gives, in outputs and in gradients."""
+    torch.manual_seed(0)
+    attn = Attention(DIM, HEADS, cross=True)
+    memory = torch.randn(3, 5, DIM)
+    x = tokens(b=4, t=6)
+    memory_index = torch.tensor([2, 0, 2, 1])
+    results = []
+    for grouped in (False, True):
+        attn.zero_grad()
+        m, q = memory.clone().requires_grad_(), x.clone().requires_grad_()
+        if grouped:
+            grouping = Grouping(memory_index.repeat_interleave(6), 3)
+            out = attn(q, memory=m, grouping=grouping)
+        else:
+            out = attn(q, memory=m, memory_index=memory_index)
+        out.square().sum().backward()
+        results.append((out.detach(), q.grad, m.grad, attn.kv.weight.grad.clone()))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="no memory mask"):
+        attn(x, memory=memory, grouping=Grouping(memory_index.repeat_interleave(6), 3),
+             mask=torch.ones(4, 1, 5, dtype=torch.bool))
 
 
 # Attention

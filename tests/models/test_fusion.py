@@ -82,3 +82,35 @@ def test_fusion_needs_a_modality():
 def test_fusion_config_rejects_unknown_kind():
     with pytest.raises(ValueError, match="fusion.kind"):
         FusionConfig(kind="middle")
+
+
+@pytest.mark.parametrize("kind", ["early", "hybrid"])
+def test_unpadded_fusion_matches_padded_fusion(kind):
+    """fusion.unpad (real tokens only, queries grouped by image) changes no real output
+    or gradient of an image-major batch; the padded positions come out as zeros."""
+    batch = tiny_batch(images=3, texts=7)
+    results = {}
+    for unpad in ("on", "off"):
+        model = tiny_model(kind, fusion={"kind": kind, "dim": DIM, "depth": 2, "heads": 2, "unpad": unpad})
+        model.eval()
+        feats = model.features(**batch)
+        real = feats.token_mask
+        logits = model.heads["answer"](feats)
+        (logits.square().mean() + feats.tokens[real].mean()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[unpad] = (feats.pooled.detach(), feats.tokens.detach(), logits.detach(), grads)
+    on, off = results["on"], results["off"]
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(on[0], off[0])
+    torch.testing.assert_close(on[1][real], off[1][real])
+    assert (on[1][~real] == 0).all()
+    torch.testing.assert_close(on[2], off[2])
+    assert on[3].keys() == off[3].keys()
+    for name in on[3]:
+        torch.testing.assert_close(on[3][name], off[3][name], msg=name)
+
+
+def test_fusion_unpad_setting_is_checked():
+    with pytest.raises(ValueError, match="fusion.unpad"):
+        FusionConfig(unpad="sometimes")
+    assert FusionConfig(unpad=True).unpad == "on"

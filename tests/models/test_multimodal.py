@@ -82,3 +82,27 @@ def test_image_only_and_text_only_models():
     assert out["answer"].shape == (5, 5)
     with pytest.raises(ValueError, match="no vision tower"):
         text_only(**batch)
+
+
+def test_repeated_texts_run_the_text_tower_once_each(monkeypatch):
+    """Rows with the same text (image-major batches repeat questions) are encoded once
+    and shared: the same features and gradients as encoding every row."""
+    from multimodal_doubleloop.models.text import TextEncoder
+
+    batch = tiny_batch(images=3, texts=4)
+    for key in ("input_ids", "attention_mask"):  # rows 4..7 repeat rows 0..3
+        batch[key] = torch.cat([batch[key], batch[key]])
+    batch["image_index"] = torch.arange(8) % 3
+    rows_seen = []
+    encode = TextEncoder.forward
+    monkeypatch.setattr(TextEncoder, "forward", lambda self, ids, *a: rows_seen.append(len(ids)) or encode(self, ids, *a))
+    results = []
+    for dedup in (True, False):
+        model = tiny_model("hybrid", text={**tiny_config()["text"], "unpad": "on" if dedup else "off"})
+        model.eval()
+        feats = model.features(**batch)
+        (feats.pooled.square().sum() + feats.text_pooled.sum()).backward()
+        results.append((feats.pooled.detach(), feats.text_pooled.detach(), model.text.token_embed.weight.grad))
+    assert rows_seen == [4, 8]  # once per distinct text, then (unpad off) once per row
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)

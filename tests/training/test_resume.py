@@ -115,3 +115,17 @@ def test_max_steps_inside_an_epoch_then_more_steps_continues_that_epoch(train_se
     assert state.step == ref_state.step
     full = [h for h in state.history if "partial" not in h]
     assert [h["step"] for h in full] == [h["step"] for h in ref_state.history]
+
+
+def test_settings_added_since_keep_a_configuration_s_checkpoints_at_their_defaults(training_params):
+    """`texts_per_image: 0` and `fusion.unpad: auto` (added later) are what runs from before
+    had: a checkpoint made without them resumes; another value is another configuration."""
+    from multimodal_doubleloop.training.checkpoint import _config_diff, config_digest
+
+    training = TrainConfig.from_dict(training_params).to_dict()
+    before = {"model": {"fusion": {"dim": 8}}, "training": {k: v for k, v in training.items() if k != "texts_per_image"}}
+    now = {"model": {"fusion": {"dim": 8, "unpad": "auto"}}, "training": {**training, "texts_per_image": 0}}
+    assert config_digest(now) == config_digest(before) and _config_diff(before, now) == []
+    subset = {**now, "training": {**now["training"], "texts_per_image": 4}}
+    padded = {**now, "model": {"fusion": {"dim": 8, "unpad": "off"}}}
+    assert len({config_digest(now), config_digest(subset), config_digest(padded)}) == 3

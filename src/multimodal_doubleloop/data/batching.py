@@ -45,8 +45,12 @@ def first_images(split: EncodedSplit, n: int) -> EncodedSplit:
 class ImageMajorBatches:
     """Yields lists of sample indices, `images_per_batch` unique images at a time.
 
-    Order depends only on (seed, epoch), so a resumed run replays it exactly; with
-    `world_size > 1` each rank takes a disjoint, equally long share of the images.
+    Each image comes with all its texts, or with `texts_per_image` of them drawn anew
+    every epoch (when it has more): the vision tower's work per step stays, the text
+    tower's and fusion's shrink, and every image is still seen once per epoch.
+    Order and draws depend only on (seed, epoch), so a resumed run replays them
+    exactly; with `world_size > 1` each rank takes a disjoint, equally long share of
+    the images.
     """
 
     def __init__(
@@ -58,15 +62,19 @@ class ImageMajorBatches:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        texts_per_image: int = 0,
     ):
         if images_per_batch < 1:
             raise ValueError(f"images_per_batch={images_per_batch} must be >= 1")
+        if texts_per_image < 0:
+            raise ValueError(f"texts_per_image={texts_per_image} must be >= 0 (0 = all)")
         rows = image_rows.numpy()
         order = np.argsort(rows, kind="stable")
         unique, starts = np.unique(rows[order], return_index=True)
         self.groups = np.split(order, starts[1:])  # sample indices per unique image
         self.images_per_batch, self.shuffle, self.seed = images_per_batch, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.texts_per_image = texts_per_image
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -93,7 +101,15 @@ class ImageMajorBatches:
         order = self._image_order()
         for b in range(self.start_batch, len(self)):
             chosen = order[b * self.images_per_batch : (b + 1) * self.images_per_batch]
-            yield np.concatenate([self.groups[i] for i in chosen])
+            yield np.concatenate([self._texts(i) for i in chosen])
+
+    def _texts(self, image: int) -> np.ndarray:
+        """The sample indices of `image` in this epoch: all, or `texts_per_image` of them."""
+        group, k = self.groups[image], self.texts_per_image
+        if not k or len(group) <= k:
+            return group
+        rng = np.random.default_rng((self.seed, self.epoch, int(image)))
+        return np.sort(rng.choice(group, k, replace=False))
 
 
 def collate(split: EncodedSplit, images, sample_idx: np.ndarray) -> dict[str, torch.Tensor]:

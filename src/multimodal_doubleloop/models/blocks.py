@@ -28,7 +28,7 @@ class Packing:
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) -> (N, ...)."""
-        return x.reshape(self.batch * self.length, *x.shape[2:])[self.index]
+        return x.reshape(self.batch * self.length, *x.shape[2:]).index_select(0, self.index)
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
         """(N, ...) -> (B, T, ...), zeros at the padding."""
@@ -36,13 +36,64 @@ class Packing:
         out = out.index_copy(0, self.index, x)
         return out.view(self.batch, self.length, *x.shape[1:])
 
+    def rows(self) -> torch.Tensor:
+        """(N,) the batch row of each real token."""
+        return torch.div(self.index, self.length, rounding_mode="floor")
+
+
+def unpad_setting(value: str | bool, path: str) -> str:
+    """A validated `unpad` setting: auto | on | off (YAML reads a bare on/off as a boolean)."""
+    if isinstance(value, bool):
+        value = "on" if value else "off"
+    if value not in ("auto", "on", "off"):
+        raise ValueError(f"{path}={value!r}: use 'auto', 'on' or 'off'")
+    return value
+
+
+def unpadded(setting: str, device: torch.device) -> bool:
+    """Whether to skip padding: always ("on"), never ("off"), or on CPU ("auto"), where
+    counting the real tokens costs nothing (on an accelerator it is a host sync)."""
+    return setting == "on" or (setting == "auto" and device.type == "cpu")
+
+
+class Grouping:
+    """Rows of an (N, D) tensor sorted into groups, as a padded (G, L, D) batch.
+
+    Cross-attention of image-major batches: every text token attends to the patch
+    tokens of its own image, and one image has several questions. Gathering an image's
+    keys and values for each question (B copies of an (S, D) memory, and an
+    accumulating scatter of their gradients in backward) is the costly way; grouping
+    the queries instead puts all tokens of an image's questions into one row against
+    that image's single K/V (G = images, L = most query tokens of one image). Rows at
+    the padding are computed and dropped."""
+
+    def __init__(self, groups: torch.Tensor, num_groups: int):
+        n = groups.shape[0]
+        counts = torch.bincount(groups, minlength=num_groups)
+        order = torch.argsort(groups, stable=True)
+        starts = counts.cumsum(0) - counts
+        slot = torch.empty_like(groups)
+        slot[order] = torch.arange(n, device=groups.device) - starts[groups[order]]
+        self.groups, self.length = num_groups, max(int(counts.max()), 1) if n else 1
+        self.flat = groups * self.length + slot  # (N,) position in the (G * L) rows
+
+    def scatter(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (G, L, D), zeros at the padding."""
+        out = x.new_zeros(self.groups * self.length, x.shape[-1]).index_copy(0, self.flat, x)
+        return out.view(self.groups, self.length, x.shape[-1])
+
+    def gather(self, y: torch.Tensor) -> torch.Tensor:
+        """(G, L, D) -> (N, D)."""
+        return y.reshape(self.groups * self.length, y.shape[-1]).index_select(0, self.flat)
+
 
 class Attention(nn.Module):
     """Multi-head attention on `F.scaled_dot_product_attention`.
 
     Keys and values may come from `memory`; `memory_index` lets many queries share
     one memory row (image-major batching: the K/V of an image are projected once
-    and gathered for each of its questions).
+    and gathered for each of its questions), and `grouping` does the same without
+    the gather: the queries of one memory row become one sequence (`Grouping`).
     """
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0, cross: bool = False):
@@ -69,15 +120,21 @@ class Attention(nn.Module):
         memory_index: torch.Tensor | None = None,  # (B,) rows of memory per query row
         causal: bool = False,
         packing: Packing | None = None,  # x holds only the real tokens, (N, D)
+        grouping: Grouping | None = None,  # cross: the memory row of each row of x.view(-1, D)
     ) -> torch.Tensor:
-        if packing is not None:  # attention itself runs on the padded layout
-            return self.proj(packing.pack(self._self_attention(packing.unpack(self.qkv(x)), mask, causal)))
         if self.cross:
             q = self.q(x)
             k, v = self.kv(memory).chunk(2, dim=-1)  # (M, S, D) each
+            if grouping is not None:  # every query row of x against its own memory row
+                if mask is not None:
+                    raise ValueError("cross-attention with a grouping takes no memory mask")
+                out = self._attend(grouping.scatter(q.reshape(-1, q.shape[-1])), k, v, mask, causal)
+                return self.proj(grouping.gather(out).view_as(q))
             if memory_index is not None:
-                k, v = k[memory_index], v[memory_index]  # (B, S, D)
+                k, v = k.index_select(0, memory_index), v.index_select(0, memory_index)  # (B, S, D)
             return self.proj(self._attend(q, k, v, mask, causal))
+        if packing is not None:  # attention itself runs on the padded layout
+            return self.proj(packing.pack(self._self_attention(packing.unpack(self.qkv(x)), mask, causal)))
         return self.proj(self._self_attention(self.qkv(x), mask, causal))
 
     def _self_attention(self, qkv: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
@@ -158,6 +215,7 @@ class Block(nn.Module):
         memory_index: torch.Tensor | None = None,
         causal: bool = False,
         packing: Packing | None = None,
+        grouping: Grouping | None = None,
     ) -> torch.Tensor:
         x = self._residual(
             x, self.norm1, lambda h: self.drop(self.attn(h, mask=mask, causal=causal, packing=packing))
@@ -167,7 +225,9 @@ class Block(nn.Module):
                 x,
                 self.norm_cross,
                 lambda h: self.drop(
-                    self.cross_attn(h, mask=memory_mask, memory=memory, memory_index=memory_index)
+                    self.cross_attn(
+                        h, mask=memory_mask, memory=memory, memory_index=memory_index, grouping=grouping
+                    )
                 ),
             )
         return self._residual(x, self.norm2, self.mlp)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .blocks import Block, key_padding_mask, run_blocks
+from .blocks import Block, Grouping, Packing, key_padding_mask, run_blocks, unpad_setting, unpadded
 
 FUSION_KINDS = ("early", "late", "hybrid")
 LATE_MODES = ("concat", "product", "gated")
@@ -29,8 +29,15 @@ class FusionConfig:
     # tokens (a question word that has just read the image then reaches the head
     # directly, without another layer for [CLS] to gather it).
     pool: str = "cls"
+    # Early fusion on the real text tokens only: per-token layers skip the padding, and
+    # cross-attention puts all tokens of one image's questions into one query sequence
+    # against that image's keys/values (`blocks.Grouping`) instead of a copy of them per
+    # question. Same values; "auto" does so on CPU (on an accelerator the token counts
+    # would be a host sync). auto | on | off.
+    unpad: str | bool = "auto"
 
     def __post_init__(self):
+        self.unpad = unpad_setting(self.unpad, "fusion.unpad")
         if self.kind not in FUSION_KINDS:
             raise ValueError(f"fusion.kind={self.kind!r}: use one of {FUSION_KINDS}")
         if self.pool not in ("cls", "mean"):
@@ -65,7 +72,7 @@ class EarlyFusion(nn.Module):
 
     def __init__(self, cfg: FusionConfig):
         super().__init__()
-        self.pool = cfg.pool
+        self.pool, self.unpad = cfg.pool, cfg.unpad
         self.modality_embed = nn.Embedding(2, cfg.dim)  # 0 = text, 1 = image
         self.blocks = nn.ModuleList(
             Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout, cross=True)
@@ -96,15 +103,24 @@ class EarlyFusion(nn.Module):
         if image_tokens is not None:
             memory = torch.cat([image_pooled.unsqueeze(1), image_tokens], 1)  # (M, 1+N, D)
             memory = memory + self.modality_embed.weight[1]
-        x = run_blocks(
-            self.blocks,
-            x,
-            self.grad_checkpointing,
-            mask=key_padding_mask(text_mask),
-            memory=memory,
-            memory_index=image_index,
-        )
-        x = self.norm(x)
+        mask = key_padding_mask(text_mask)
+        if unpadded(self.unpad, x.device):
+            packing = Packing(text_mask)
+            grouping = None
+            if memory is not None:
+                rows = packing.rows()  # text row of each real token -> its image row
+                grouping = Grouping(rows if image_index is None else image_index[rows], memory.shape[0])
+            x = run_blocks(
+                self.blocks, packing.pack(x), self.grad_checkpointing,
+                mask=mask, memory=memory, packing=packing, grouping=grouping,
+            )
+            x = packing.unpack(self.norm(x))  # zeros at the padding
+        else:
+            x = run_blocks(
+                self.blocks, x, self.grad_checkpointing,
+                mask=mask, memory=memory, memory_index=image_index,
+            )
+            x = self.norm(x)
         if self.pool == "cls":
             pooled = x[:, 0]
         else:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .blocks import Block, Packing, key_padding_mask, run_blocks
+from .blocks import Block, Packing, key_padding_mask, run_blocks, unpad_setting, unpadded
 
 
 @dataclass
@@ -24,8 +24,9 @@ class TextConfig:
     # Pooled feature: the [CLS] token, or the mean over real tokens (at initialisation
     # [CLS] is nearly the same vector for every text; the mean is not).
     pool: str = "cls"
-    # Run the per-token layers on the real tokens only (`blocks.Packing`): "auto" does
-    # on CPU; on an accelerator counting the real tokens would be a host sync per step.
+    # Run the per-token layers on the real tokens only (`blocks.Packing`), and each
+    # distinct text of a batch once (`MultimodalModel`; not under active dropout):
+    # "auto" does on CPU; on an accelerator counting tokens or texts would be a host sync.
     unpad: str | bool = "auto"  # auto | on | off (YAML on/off arrive as booleans)
     norm_eps: float = 1e-5  # LayerNorm epsilon; BERT's pretrained weights use 1e-12
     # "pre": pre-norm blocks and a final norm (trains stably from scratch). "post": BERT's
@@ -36,10 +37,7 @@ class TextConfig:
     output_dim: int = 0
 
     def __post_init__(self):
-        if isinstance(self.unpad, bool):  # YAML reads a bare on/off as a boolean
-            self.unpad = "on" if self.unpad else "off"
-        if self.unpad not in ("auto", "on", "off"):
-            raise ValueError(f"text.unpad={self.unpad!r}: use 'auto', 'on' or 'off'")
+        self.unpad = unpad_setting(self.unpad, "text.unpad")
         if self.vocab_size < 2:
             raise ValueError(f"text.vocab_size={self.vocab_size} must be >= 2")
         if self.pool not in ("cls", "mean"):
@@ -105,7 +103,7 @@ class TextEncoder(nn.Module):
         x = self.token_embed(input_ids) + self.pos_embed(positions) + self.type_embed(token_type_ids)
         x = self.drop(self.embed_norm(x))  # (B, T, D)
         mask = key_padding_mask(attention_mask)
-        if self.cfg.unpad == "on" or (self.cfg.unpad == "auto" and input_ids.device.type == "cpu"):
+        if unpadded(self.cfg.unpad, input_ids.device):
             packing = Packing(attention_mask)  # padded positions come out as zeros
             x = run_blocks(self.blocks, packing.pack(x), self.grad_checkpointing, mask=mask, packing=packing)
             x = packing.unpack(self.out_proj(self.norm(x)))  # (B, T, out_dim)

@@ -50,11 +50,26 @@ RESUMABLE_DIFFERENCES = {
 # Keys added after checkpoints existed. At these values (their defaults, which is what
 # a run from before had) they are no part of a configuration's identity: its folder
 # and the resume check stay what they were.
-ADDED_WITH_DEFAULTS = {"training.freeze": {}, "training.layer_decay": 1.0}
+ADDED_WITH_DEFAULTS = {
+    "training.freeze": {},
+    "training.layer_decay": 1.0,
+    "training.texts_per_image": 0,
+    "model.fusion.unpad": "auto",  # the same values, computed without the padding
+}
 
 
 def _at_added_default(path: str, value) -> bool:
     return path in ADDED_WITH_DEFAULTS and value == ADDED_WITH_DEFAULTS[path]
+
+
+def without_added_defaults(config: dict, prefix: str = "", drop: frozenset = frozenset()) -> dict:
+    """`config` less the keys of `ADDED_WITH_DEFAULTS` at those values (and the paths
+    in `drop`): what identifies a configuration made before those keys existed."""
+    return {
+        k: without_added_defaults(v, f"{prefix}{k}.", drop) if isinstance(v, dict) else v
+        for k, v in config.items()
+        if f"{prefix}{k}" not in drop and not _at_added_default(f"{prefix}{k}", v)
+    }
 
 
 class CheckpointError(RuntimeError):
@@ -179,14 +194,8 @@ def _config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
 
 def config_digest(run_config: dict) -> str:
     """A run configuration's identity: everything but the keys a resume may change."""
-    def prune(value: dict, prefix: str = "") -> dict:
-        return {
-            k: prune(v, f"{prefix}{k}.") if isinstance(v, dict) else v
-            for k, v in value.items()
-            if f"{prefix}{k}" not in RESUMABLE_DIFFERENCES and not _at_added_default(f"{prefix}{k}", v)
-        }
-
-    text = json.dumps(prune(run_config), sort_keys=True, default=str)
+    identity = without_added_defaults(run_config, drop=frozenset(RESUMABLE_DIFFERENCES))
+    text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -20,6 +20,7 @@ class TrainConfig:
     # prodigy, dadapt_adam and mechanic_adamw `lr` multiplies their own estimate (1.0)
     optimizer: str = "adamw"
     images_per_batch: int = 16  # image-major: all texts of these images form a batch
+    texts_per_image: int = 0  # ... or this many of each image's texts, drawn anew each epoch (0 = all)
     grad_accum_steps: int = 1
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -63,6 +64,7 @@ class TrainConfig:
         checks = {
             "epochs": self.epochs >= 1,
             "images_per_batch": self.images_per_batch >= 1,
+            "texts_per_image": self.texts_per_image >= 0,
             "grad_accum_steps": self.grad_accum_steps >= 1,
             "lr": self.lr > 0,
             "weight_decay": self.weight_decay >= 0,

@@ -181,7 +181,7 @@ def _setup(model, train_split, val_split, images, cfg, run_config, tasks, adapte
     # batch a single process would see with images_per_batch * world_size images.
     sampler = ImageMajorBatches(
         train_split.image_rows, cfg.images_per_batch, shuffle=True, seed=cfg.seed,
-        rank=ctx.rank, world_size=ctx.world_size,
+        rank=ctx.rank, world_size=ctx.world_size, texts_per_image=cfg.texts_per_image,
     )
     step_module: nn.Module = TaskStep(model, tasks)
     if ctx.world_size > 1:

@@ -42,7 +42,7 @@ from ...config import build  # noqa: E402
 from ...data.batching import first_images  # noqa: E402
 from ...data.images import image_store  # noqa: E402
 from ...models import ModelConfig, build_model  # noqa: E402
-from ...training.checkpoint import RESUMABLE_DIFFERENCES  # noqa: E402
+from ...training.checkpoint import RESUMABLE_DIFFERENCES, without_added_defaults  # noqa: E402
 from ...training.config import TrainConfig  # noqa: E402
 from ...training.evaluate import evaluate  # noqa: E402
 from ...training.fit import fit_any  # noqa: E402
@@ -218,7 +218,7 @@ def run_controller_study(
 
 def study_digest(prepared: Prepared, study: StudyConfig, test_questions: int) -> str:
     """What every cell of one study shares (model, tasks, data, budget, test subset)."""
-    return _digest(
+    return _digest(without_added_defaults(  # settings added since the cells ran count at their defaults
         {
             "model": prepared.model_config,
             "tasks": prepared.run_config["tasks"],
@@ -232,7 +232,7 @@ def study_digest(prepared: Prepared, study: StudyConfig, test_questions: int) ->
             "target_accuracy": study.target_accuracy,
             "reference_lr": study.reference_lr,
         }
-    )
+    ))
 
 
 def _run_cell(prepared: Prepared, cfg: TrainConfig, test_split, images: dict, study: StudyConfig,
