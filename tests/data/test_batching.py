@@ -262,7 +262,7 @@ def test_texts_per_image_draws_again_each_epoch_and_replays_on_resume():
         seen |= set(np.concatenate(batches).tolist())
         sampler.set_epoch(epoch, start_batch=3)  # a resumed epoch replays the same draws
         assert all(np.array_equal(a, b) for a, b in zip(list(sampler), batches[3:], strict=True))
-    assert len(seen) > 300  # different texts each epoch: most of the 400 after 6 epochs
+    assert len(seen) > 250  # different texts each epoch: 1 - 0.8^6 = 74% of the 400 expected
     fresh = ImageMajorBatches(rows, 4, shuffle=True, seed=3, texts_per_image=2)
     fresh.set_epoch(5)
     assert all(np.array_equal(a, b) for a, b in zip(fresh, batches, strict=True))

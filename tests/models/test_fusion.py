@@ -8,7 +8,7 @@ import torch
 from multimodal_doubleloop.models import FusionConfig
 from multimodal_doubleloop.models.fusion import EarlyFusion
 
-from .tiny import DIM, tiny_batch, tiny_model
+from .tiny import DIM, build, tiny_batch, tiny_config, tiny_model
 
 KINDS = ["early", "late", "hybrid"]
 
@@ -91,7 +91,9 @@ def test_unpadded_fusion_matches_padded_fusion(kind):
     batch = tiny_batch(images=3, texts=7)
     results = {}
     for unpad in ("on", "off"):
-        model = tiny_model(kind, fusion={"kind": kind, "dim": DIM, "depth": 2, "heads": 2, "unpad": unpad})
+        config = tiny_config(kind)
+        config["fusion"]["unpad"] = unpad
+        model = build(config)
         model.eval()
         feats = model.features(**batch)
         real = feats.token_mask

@@ -46,6 +46,9 @@ def counted_reads(monkeypatch) -> list[str]:
 
 def _setup(samples, tokenized, images, model_params, training_params):
     config = resolve_model_config(model_params, 200, 16, len(tokenized["answer_vocab"]))
+    # the layout an accelerator runs (`unpad: auto` is off there): on CPU, skipping the
+    # padding reads token counts, which is free on the host
+    config["text"]["unpad"] = config["fusion"]["unpad"] = "off"
     split = encoded_split(samples, tokenized["encoded_texts"], images["image_ids"], tokenized["answer_vocab"], "train")
     model = build_model(ModelConfig.from_dict(config))
     cfg = TrainConfig.from_dict(
