@@ -129,3 +129,15 @@ def test_settings_added_since_keep_a_configuration_s_checkpoints_at_their_defaul
     subset = {**now, "training": {**now["training"], "texts_per_image": 4}}
     padded = {**now, "model": {"fusion": {"dim": 8, "unpad": "off"}}}
     assert len({config_digest(now), config_digest(subset), config_digest(padded)}) == 3
+
+
+def test_a_resume_with_nothing_left_to_train_says_so(train_setup, training_params, tmp_path, caplog):
+    """A shorter budget than the checkpoint's (epochs may change across a resume) trains
+    nothing; the log says so and how to start over."""
+    config, split, store = train_setup
+    base = {**training_params, "epochs": 2, "checkpoint_dir": str(tmp_path)}
+    _, done = _run(config, split, store, TrainConfig.from_dict(base))
+    with caplog.at_level("WARNING", logger="multimodal_doubleloop.training.loop"):
+        _, again = _run(config, split, store, TrainConfig.from_dict({**base, "epochs": 1}))
+    assert again.step == done.step and "nothing left to train" in caplog.text
+    assert "training.resume=false" in caplog.text

@@ -145,6 +145,13 @@ def train(
     state = resume_run(run.checkpoint_dir, run_config, run.parts()) if cfg.resume else None
     if state is None and run.ctx.is_main:
         describe_start(cfg.checkpoint_dir, run.checkpoint_dir)
+    elif state is not None and (state.step >= run.total_steps or state.epoch >= cfg.epochs):
+        logger.warning(
+            "The checkpoint at step %d (epoch %d) already covers this run's budget (%d steps, %d "
+            "epochs): nothing left to train, the model is the checkpoint's. To train anew: "
+            "--params training.resume=false (or make clean-checkpoints)",
+            state.step, state.epoch, run.total_steps, cfg.epochs,
+        )
     state = state or TrainState()
     apply_freeze(model, cfg.freeze, state.step)  # as the uninterrupted run had it at this step
     run.bar = tqdm(
