@@ -74,17 +74,17 @@ class Grouping:
         starts = counts.cumsum(0) - counts
         slot = torch.empty_like(groups)
         slot[order] = torch.arange(n, device=groups.device) - starts[groups[order]]
-        self.groups, self.length = num_groups, max(int(counts.max()), 1) if n else 1
+        self.num_groups, self.length = num_groups, max(int(counts.max()), 1) if n else 1
         self.flat = groups * self.length + slot  # (N,) position in the (G * L) rows
 
     def scatter(self, x: torch.Tensor) -> torch.Tensor:
         """(N, D) -> (G, L, D), zeros at the padding."""
-        out = x.new_zeros(self.groups * self.length, x.shape[-1]).index_copy(0, self.flat, x)
-        return out.view(self.groups, self.length, x.shape[-1])
+        out = x.new_zeros(self.num_groups * self.length, x.shape[-1]).index_copy(0, self.flat, x)
+        return out.view(self.num_groups, self.length, x.shape[-1])
 
     def gather(self, y: torch.Tensor) -> torch.Tensor:
         """(G, L, D) -> (N, D)."""
-        return y.reshape(self.groups * self.length, y.shape[-1]).index_select(0, self.flat)
+        return y.reshape(self.num_groups * self.length, y.shape[-1]).index_select(0, self.flat)
 
 
 class Attention(nn.Module):
@@ -128,7 +128,7 @@ class Attention(nn.Module):
             if grouping is not None:  # every query row of x against its own memory row
                 if mask is not None:
                     raise ValueError("cross-attention with a grouping takes no memory mask")
-                out = self._attend(grouping.scatter(q.reshape(-1, q.shape[-1])), k, v, mask, causal)
+                out = self._attend(grouping.scatter(q.reshape(-1, q.shape[-1])), k, v, None, False)
                 return self.proj(grouping.gather(out).view_as(q))
             if memory_index is not None:
                 k, v = k.index_select(0, memory_index), v.index_select(0, memory_index)  # (B, S, D)
