@@ -121,6 +121,12 @@ def test_study_verdict_pairs_seeds():
     assert verdict["lowest_cell_above_baseline"] == pytest.approx(0.80 - 0.67)
     alone = study_verdict(pd.DataFrame([r for r in rows if r["method"] != "fixed"]))
     assert alone["best_fixed"] is None and alone["methods"] == {}
+    # calibrated not yet run at one of the double loop's LRs: that pair is null, not NaN
+    part = study_verdict(pd.DataFrame(
+        rows + [{**r, "base_lr": 1e-2} for r in rows if r["method"] == "double_loop"]))
+    assert part["double_loop_vs_calibrated"]["per_base_lr"]["0.01"] == {"mean": None, "standard_error": None, "pairs": 0}
+    assert part["double_loop_vs_calibrated"]["mean_gap"] == pytest.approx((0.005 + 0.01) / 2)
+    json.dumps(part, allow_nan=False)  # strict JSON: jq, browsers and MLflow's UI read it
 
 
 def test_question_only_baseline_answers_from_the_question_string():
@@ -249,3 +255,4 @@ def test_a_diverged_cell_is_recorded_and_the_study_goes_on(
     assert "diverged" not in cells["fixed_lr0.0001_seed0"]
     verdict = catalog.load("controller_study_verdict")
     assert verdict["best_fixed"]["base_lr"] == pytest.approx(1e-4)
+    assert bad["test_loss"] is None and "test_loss" not in catalog.load("controller_study_runs")["fixed_lr0.01_seed0"]["metrics"]

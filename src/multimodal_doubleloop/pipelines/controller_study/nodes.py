@@ -291,7 +291,7 @@ def diverged_cell(method: str, base_lr: float, cfg: TrainConfig, test_questions:
     goes on with its other cells."""
     return {
         "method": method, "base_lr": base_lr, "seed": cfg.seed,
-        "test_accuracy": 0.0, "test_loss": float("nan"), "train_loss": float("nan"),
+        "test_accuracy": 0.0, "test_loss": None, "train_loss": None,  # null in the cell's JSON
         "steps": 0, "steps_to_target": 0, "censored": True, "diverged": reason,
         "train_seconds": seconds, "test_questions": test_questions,
         "curves": {}, "final_scales": {}, "training": cfg.to_dict(), **digests,
@@ -312,6 +312,7 @@ def summarise_controller_study(
     if len(mine) < len(cells):
         logger.info("controller_study: %d cell(s) on disk belong to another study; left out", len(cells) - len(mine))
     runs = pd.DataFrame([{k: c[k] for k in RUN_COLUMNS} for c in mine.values()])
+    runs[["test_loss", "train_loss"]] = runs[["test_loss", "train_loss"]].astype(float)  # a diverged cell's null: NaN
     table = study_table(runs)
     verdict = study_verdict(runs, baseline)
     for method, v in verdict["methods"].items():
@@ -350,7 +351,7 @@ def _paired(runs: pd.DataFrame, a: tuple, b: tuple, column: str = "test_accuracy
     diff = (cell(*a) - cell(*b)).dropna()
     n = len(diff)
     return {
-        "mean": float(diff.mean()) if n else float("nan"),
+        "mean": float(diff.mean()) if n else None,  # None, not NaN: the verdict is strict JSON
         "standard_error": float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
         "pairs": n,
     }
@@ -406,9 +407,15 @@ def study_verdict(runs: pd.DataFrame, baseline: dict | None = None, tolerance: f
                   for lr in sorted(set(runs.loc[runs["method"] == "double_loop", "base_lr"]))}
         verdict["double_loop_vs_calibrated"] = {
             "per_base_lr": per_lr,
-            "mean_gap": float(np.nanmean([v["mean"] for v in per_lr.values()])),
+            "mean_gap": _mean_or_none([v["mean"] for v in per_lr.values()]),
         }
     return verdict
+
+
+def _mean_or_none(values: list) -> float | None:
+    """The mean of the values that exist (a base LR one row has not run yet has none)."""
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
 
 
 def _goal(methods: dict) -> dict | None:
@@ -435,7 +442,8 @@ def mlflow_run(cell: dict) -> dict:
                    **{f"controller.{k}": v for k, v in cell["training"]["controller"].items()}},
         "metrics": {
             **{k: [{"step": cell["steps"], "value": float(cell[k])}]
-               for k in ("test_accuracy", "test_loss", "train_loss", "steps_to_target")},
+               for k in ("test_accuracy", "test_loss", "train_loss", "steps_to_target")
+               if cell[k] is not None},  # a diverged cell has no loss
             **cell["curves"],
         },
     }
