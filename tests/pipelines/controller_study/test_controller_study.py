@@ -256,3 +256,27 @@ def test_a_diverged_cell_is_recorded_and_the_study_goes_on(
     verdict = catalog.load("controller_study_verdict")
     assert verdict["best_fixed"]["base_lr"] == pytest.approx(1e-4)
     assert bad["test_loss"] is None and "test_loss" not in catalog.load("controller_study_runs")["fixed_lr0.01_seed0"]["metrics"]
+
+
+def test_every_cell_starts_from_untouched_tasks(
+    samples, images, tokenized, model_params, training_params, tasks_params, tmp_path, monkeypatch
+):
+    """Training updates the tasks' learned loss weights in place. On the real study each
+    cell got the weights the previous cell of its part left, so a cell after a diverged
+    one started at a weighted loss of ~42 instead of ~3.3 and calibrated to 70x instead
+    of 0.1x: cells must not depend on the order they run in."""
+    from multimodal_doubleloop.pipelines.controller_study import nodes
+
+    real, seen = nodes.fit_any, []
+
+    def fit(model_config, splits, images, cfg, run_config, tasks, *rest):
+        seen.append(tasks)
+        assert not hasattr(tasks, "trained_by"), f"cell lr={cfg.lr} got tasks trained by {tasks.trained_by}"
+        result = real(model_config, splits, images, cfg, run_config, tasks, *rest)
+        tasks.trained_by = cfg.lr  # what training in place leaves behind
+        return result
+
+    monkeypatch.setattr(nodes, "fit_any", fit)
+    _study_run(samples, images, tokenized, model_params, training_params, tasks_params, tmp_path,
+               methods=["fixed"], seeds=[0])
+    assert len(seen) == 2 and seen[0] is not seen[1]

@@ -23,6 +23,7 @@ disk that belongs to the current study.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -231,6 +232,9 @@ def study_digest(prepared: Prepared, study: StudyConfig, test_questions: int) ->
             "test_questions": test_questions,
             "target_accuracy": study.target_accuracy,
             "reference_lr": study.reference_lr,
+            # Cells trained before each had its own copy of the tasks started from the loss
+            # weights the previous cell left (order-dependent): another study, retrained.
+            "cell_tasks": "own copy",
         }
     ))
 
@@ -240,16 +244,20 @@ def _run_cell(prepared: Prepared, cfg: TrainConfig, test_split, images: dict, st
     """Train one cell as the train pipeline would (`fit_any`) and score it: a JSON record."""
     run_config = {**prepared.run_config, "training": cfg.to_dict()}
     splits = {"train": prepared.splits["train"], "val": prepared.splits["val"]}
+    # Training updates the tasks' learned loss weights in place (uncertainty weighting):
+    # each cell starts from its own untouched copy, or a cell would start from the
+    # weights the previous cell of the part left (after a diverged cell, a loss x10).
+    tasks = copy.deepcopy(prepared.tasks)
     start = time.perf_counter()
     try:
-        weights, state, history = fit_any(prepared.model_config, splits, images, cfg, run_config, prepared.tasks)
+        weights, state, history = fit_any(prepared.model_config, splits, images, cfg, run_config, tasks)
     except NonFiniteLossError as exc:  # a result of the method at this LR, not a failure of the study
         logger.warning("controller_study %s lr=%g seed=%d diverged: %s", method, base_lr, cfg.seed, exc)
         return diverged_cell(method, base_lr, cfg, len(test_split), time.perf_counter() - start, str(exc), digests)
     seconds = time.perf_counter() - start
     model = build_model(ModelConfig.from_dict(prepared.model_config))
     model.load_state_dict(weights)
-    result = evaluate(model, test_split, image_store(images), cfg, prepared.tasks)
+    result = evaluate(model, test_split, image_store(images), cfg, tasks)
     reached = [r["step"] for r in state.val_log if r["val_accuracy"] >= study.target_accuracy]
     cell = {
         "method": method,
