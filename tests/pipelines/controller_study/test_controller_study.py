@@ -280,3 +280,16 @@ def test_every_cell_starts_from_untouched_tasks(
     _study_run(samples, images, tokenized, model_params, training_params, tasks_params, tmp_path,
                methods=["fixed"], seeds=[0])
     assert len(seen) == 2 and seen[0] is not seen[1]
+
+
+def test_a_part_selects_learning_rates_and_seeds_on_the_command_line():
+    """`--params controller_study.base_lrs=0.01+0.001,controller_study.seeds=0+1`: kedro
+    splits --params on commas, so lists come as "+"-joined strings (or one number)."""
+    from multimodal_doubleloop.pipelines.controller_study.nodes import StudyConfig
+
+    study = StudyConfig(base_lrs="0.01+0.001", seeds="0+1", methods="fixed+double_loop")
+    assert study.base_lrs == [0.01, 0.001] and study.seeds == [0, 1]
+    assert StudyConfig(base_lrs=0.01, seeds=1).base_lrs == [0.01]
+    assert StudyConfig(base_lrs=["1e-5", 1e-4]).base_lrs == [1e-5, 1e-4]  # YAML reads 1e-5 as a string
+    with pytest.raises(ValueError, match="base_lrs=.*give numbers"):
+        StudyConfig(base_lrs="0.01+fast")

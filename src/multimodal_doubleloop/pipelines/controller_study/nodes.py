@@ -70,21 +70,37 @@ GOAL_TOLERANCE = 0.01  # the double loop's worst cell within 1 point of the best
 GOAL_TIME_RATIO = 1.5  # ... and at most 1.5x its steps to the target
 
 
+def _numbers(value, kind, key: str) -> list:
+    """A list of numbers from a YAML list, one number, or "a+b+c" (the command line's form)."""
+    if isinstance(value, str):
+        value = [v for v in value.replace(",", "+").strip("[]").split("+") if v.strip()]
+    elif not isinstance(value, list | tuple):
+        value = [value]
+    try:
+        return [kind(v) for v in value]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"controller_study.{key}={value!r}: give numbers, e.g. {key}=0.01+0.001") from exc
+
+
 @dataclass
 class StudyConfig:
-    base_lrs: list[float] = field(default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2])
+    base_lrs: list[float] | str | float = field(default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2])
     methods: list[str] | str = field(default_factory=lambda: list(METHODS))
     model_preset: str = "cpu"
     training: dict = field(default_factory=dict)  # overrides of params:training in every cell
     controller: dict = field(default_factory=dict)  # training.controller of the outer-loop rows
     test_images: int = 0  # score on the first N test images (all their questions); 0 = all
-    seeds: list[int] = field(default_factory=lambda: [0])  # training.seed of each run of a cell
+    seeds: list[int] | str | int = field(default_factory=lambda: [0])  # training.seed of each run of a cell
     target_accuracy: float = 0.95  # time to target: steps until validation accuracy reaches it
     reference_lr: float = 1e-3  # base LR at which LR-multiplier methods run at 1.0
 
     def __post_init__(self):
         if isinstance(self.methods, str):  # `--params controller_study.methods=fixed+double_loop`
             self.methods = [m for m in self.methods.replace(",", "+").split("+") if m]
+        # `--params controller_study.base_lrs=0.01+0.001,controller_study.seeds=0+1` (kedro
+        # splits --params on commas, so a list with a comma cannot be given there)
+        self.base_lrs = _numbers(self.base_lrs, float, "base_lrs")
+        self.seeds = _numbers(self.seeds, int, "seeds")
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown or not self.methods:
             raise ValueError(f"controller_study.methods={self.methods!r}: use a subset of {list(METHODS)}")
