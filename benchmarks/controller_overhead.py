@@ -20,7 +20,6 @@ Figures are logged to stderr; the last line of stdout is one JSON object whose
 <= 0.02), with each method's per-round fractions and their standard error.
 """
 
-
 from __future__ import annotations
 
 import argparse

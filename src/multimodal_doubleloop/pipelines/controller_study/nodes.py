@@ -70,10 +70,11 @@ GOAL_TOLERANCE = 0.01  # the double loop's worst cell within 1 point of the best
 GOAL_TIME_RATIO = 1.5  # ... and at most 1.5x its steps to the target
 
 
-def _numbers(value, kind, key: str) -> list:
-    """A list of numbers from a YAML list, one number, or "a+b+c" (the command line's form)."""
+def _plus_list(value, kind, key: str) -> list:
+    """A list from a YAML list, one value, or "a+b+c": kedro splits --params on commas, so
+    `--params controller_study.methods=fixed+double_loop,controller_study.base_lrs=0.01+0.001`."""
     if isinstance(value, str):
-        value = [v for v in value.replace(",", "+").strip("[]").split("+") if v.strip()]
+        value = [v.strip() for v in value.replace(",", "+").strip("[]").split("+") if v.strip()]
     elif not isinstance(value, list | tuple):
         value = [value]
     try:
@@ -95,12 +96,9 @@ class StudyConfig:
     reference_lr: float = 1e-3  # base LR at which LR-multiplier methods run at 1.0
 
     def __post_init__(self):
-        if isinstance(self.methods, str):  # `--params controller_study.methods=fixed+double_loop`
-            self.methods = [m for m in self.methods.replace(",", "+").split("+") if m]
-        # `--params controller_study.base_lrs=0.01+0.001,controller_study.seeds=0+1` (kedro
-        # splits --params on commas, so a list with a comma cannot be given there)
-        self.base_lrs = _numbers(self.base_lrs, float, "base_lrs")
-        self.seeds = _numbers(self.seeds, int, "seeds")
+        self.methods = _plus_list(self.methods, str, "methods")
+        self.base_lrs = _plus_list(self.base_lrs, float, "base_lrs")
+        self.seeds = _plus_list(self.seeds, int, "seeds")
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown or not self.methods:
             raise ValueError(f"controller_study.methods={self.methods!r}: use a subset of {list(METHODS)}")
