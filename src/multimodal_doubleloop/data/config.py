@@ -20,12 +20,12 @@ SOURCES = tuple(_READERS)
 class IngestionConfig:
     source: str = "easy_vqa"  # easy_vqa | coco_captions | image_folder | table | vqa_v2
     val_fraction: float = 0.05  # share of training *images* held out, with all their texts
-    seed: int = 0  # of the validation split
+    seed: int = 0  # of the validation split and the max_images_per_split draw
     # images are resized to image_size x image_size; 0 = the model preset's
     # vision.image_size (one source of truth: `--params model.preset=seed` decodes at 224)
     image_size: int = 0
     in_memory_images: bool = True  # decode all once (small data); false = lazily in workers
-    max_images_per_split: int | None = None  # keep the first N images of each split (quick runs)
+    max_images_per_split: int | None = None  # N images of each split, drawn with `seed` (quick runs)
     on_bad_input: str = "error"  # error | quarantine: what malformed records do (data.quality)
     # What ingestion reads of each image to find missing/unreadable files: none | header
     # (cheap: format and size) | full (decodes every pixel, also finds truncated files).

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 from conftest import TINY_MODEL, run_pipeline
-from layouts import raw_datasets
+from layouts import make_image_folder, raw_datasets
 
 from multimodal_doubleloop.data.schema import CANONICAL_COLUMNS, SchemaError, validate_table
 from multimodal_doubleloop.pipelines.ingestion import create_pipeline
@@ -33,6 +33,27 @@ def test_images_decoded_in_table_order(samples, images):
     assert images["image_ids"] == list(samples.drop_duplicates("image_id")["image_id"])
     assert images["pixels"].shape == (len(images["image_ids"]), 64, 64, 3)
     assert images["pixels"].dtype.name == "uint8"
+
+
+def test_max_images_per_split_draws_images_not_the_first_files(tmp_path):
+    """An ImageFolder lists class by class: the first 6 of 18 training images would all
+    be one class. The draw spans classes, is the same for the same seed, and keeps every
+    text of a chosen image."""
+    make_image_folder(tmp_path / "image_folder")  # 3 classes x 6 train / 3 val images
+    params = {
+        "source": "image_folder",
+        "val_fraction": 0.0,
+        "image_folder": {"splits": {"train": "train", "test": "val"}},
+        "max_images_per_split": 6,
+    }
+    raw = [dataset.load() for dataset in raw_datasets("image_folder", tmp_path).values()]
+    table = ingest_samples(*raw, params)
+    assert table.groupby("split")["image_id"].nunique().to_dict() == {"test": 6, "train": 6}
+    assert table.loc[table.split == "train", "answer"].nunique() > 1
+    again = ingest_samples(*raw, params)
+    assert again["image_id"].tolist() == table["image_id"].tolist()
+    other = ingest_samples(*raw, {**params, "seed": 1})
+    assert set(other["image_id"]) != set(table["image_id"])
 
 
 def test_unknown_source_is_a_clear_error(easy_vqa_raw, ingestion_params):

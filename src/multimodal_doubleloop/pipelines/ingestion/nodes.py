@@ -32,6 +32,15 @@ def read_source(
     return table, problems
 
 
+def sample_images(table: pd.DataFrame, per_split: int, seed: int) -> pd.DataFrame:
+    """The rows of `per_split` images of each split, drawn at random (`seed`), with all
+    their texts. Not the first N: a source's order is its files' order, and an
+    ImageFolder lists class by class, so the first N images would be one class."""
+    images = table.drop_duplicates("image_id")[["image_id", "split"]]
+    keep = images.sample(frac=1.0, random_state=seed).groupby("split").head(per_split)["image_id"]
+    return table[table["image_id"].isin(set(keep))]
+
+
 def ingest(
     raw_annotations, raw_images: ImageRoot, params: dict, tasks_params: dict | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -45,8 +54,7 @@ def ingest(
     table, problems = read_source(raw_annotations, raw_images, cfg, tasks)
     table = select_rows(table, tasks, cfg.source)
     if cfg.max_images_per_split:
-        keep = table.drop_duplicates("image_id").groupby("split").head(cfg.max_images_per_split)["image_id"]
-        table = table[table["image_id"].isin(set(keep))]
+        table = sample_images(table, cfg.max_images_per_split, cfg.seed)
     table, bad_images = screen_images(table, images_of(table, raw_images), cfg.verify_images, cfg.source)
     report = apply_policy(pd.concat([problems, bad_images], ignore_index=True), cfg.on_bad_input, cfg.source)
     table = validate_table(table)
