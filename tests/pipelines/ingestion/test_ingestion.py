@@ -37,8 +37,8 @@ def test_images_decoded_in_table_order(samples, images):
 
 def test_max_images_per_split_draws_images_not_the_first_files(tmp_path):
     """An ImageFolder lists class by class: the first 6 of 18 training images would all
-    be one class. The draw spans classes, is the same for the same seed, and keeps every
-    text of a chosen image."""
+    be one class. The draw spans classes, is the same for the same seed and another for
+    another seed."""
     make_image_folder(tmp_path / "image_folder")  # 3 classes x 6 train / 3 val images
     params = {
         "source": "image_folder",
