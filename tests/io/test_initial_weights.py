@@ -19,7 +19,8 @@ from tokenizers import Tokenizer
 from multimodal_doubleloop.io import InitialWeightsDataset, TorchModelDataset
 from multimodal_doubleloop.models import ModelConfig, build_model
 from multimodal_doubleloop.models.starting_point import StartingPoint, load_previous
-from multimodal_doubleloop.training.checkpoint import save_checkpoint
+from multimodal_doubleloop.training.checkpoint import save_checkpoint, save_run
+from multimodal_doubleloop.training.state import TrainState
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "what", "color", "is", "the", "shape", "?", "red"]
 
@@ -52,6 +53,23 @@ def test_init_from_a_training_checkpoint_reads_its_config_beside_it(tmp_path, pr
     start = InitialWeightsDataset(init_from=str(path)).load()
     assert start.previous["config"] == trained["config"] and start.tokenizer is None
     assert start.tokenizer_sha256 is None  # this meta records none; a real checkpoint's does (data.tokenizer_sha256)
+
+
+def test_a_training_checkpoint_hands_on_its_heads(tmp_path, previous):
+    """A checkpoint records its heads' class names, so a run started from it
+    (`model.init_from=.../step_N.pt`) keeps the heads whose classes match."""
+    trained, _ = previous
+    names = [f"class{i}" for i in range(trained["config"]["heads"]["answer"]["num_outputs"])]
+    model = build_model(ModelConfig.from_dict(trained["config"]))
+    model.load_state_dict(trained["state_dict"])
+    save_run(tmp_path / "ck", {"model": trained["config"]}, TrainState(step=40), {"model": model}, keep_last=2,
+             labels={"answer": names})
+    start = InitialWeightsDataset(init_from=str(tmp_path / "ck" / "step_00000040.pt")).load()
+    assert start.previous["labels"] == {"answer": names}
+    fresh = build_model(ModelConfig.from_dict(trained["config"]))
+    report = load_previous(fresh, start.previous, {"answer": names})
+    assert not report.missing and not report.unexpected
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in trained["state_dict"].items())
 
 
 def test_init_from_an_mlflow_run(tmp_path, previous, monkeypatch):

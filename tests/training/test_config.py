@@ -18,6 +18,8 @@ from multimodal_doubleloop.training.config import TrainConfig
         ({"grad_clip": -1.0}, r"grad_clip=-1.0"),
         ({"precision": "fp8"}, r"precision='fp8'"),
         ({"resume": "yes"}, r"training.resume='yes' has type str"),
+        ({"group_lr": {"head": 2.0}}, r"group_lr: unknown group\(s\) \['head'\]; use \['vision'"),
+        ({"group_lr": {"vision": -1.0}}, r"group_lr: multipliers must be numbers > 0, got \{'vision': -1.0\}"),
     ],
 )
 def test_bad_training_params_fail_with_key_path(params, message):

@@ -38,3 +38,15 @@ def test_two_gloo_processes_match_one_process(samples, images, tokenized, model_
     for name, tensor in w1.items():
         # same updates up to float summation order (all-reduce vs one big batch)
         assert torch.allclose(tensor, w2[name], atol=2e-4, rtol=1e-3), name
+
+
+def test_outside_torchrun_the_error_names_the_entry_point_that_exists(monkeypatch):
+    import importlib.util
+
+    from multimodal_doubleloop.training import distributed
+
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(RuntimeError, match="start this entry point with torchrun") as error:
+        distributed.init_from_env()
+    module = str(error.value).split(" -m ")[1].rstrip("`")
+    assert importlib.util.find_spec(module) is not None, module

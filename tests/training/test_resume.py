@@ -101,9 +101,10 @@ def test_another_configuration_starts_fresh_and_the_first_still_resumes(train_se
     assert run_directory(tmp_path, {"model": config, "training": TrainConfig.from_dict(base).to_dict()}).exists()
 
 
-def test_max_steps_inside_an_epoch_then_more_steps_continues_that_epoch(train_setup, training_params, tmp_path):
+def test_max_steps_inside_an_epoch_then_more_steps_continues_that_epoch(train_setup, training_params, tmp_path, caplog):
     """A run stopped by max_steps mid-epoch, rerun with a larger budget, finishes the
-    same epoch (no batch skipped) instead of starting the next one."""
+    same epoch (no batch skipped) instead of starting the next one; its history has that
+    epoch once, and the log says the LR schedule changed under it."""
     config, split, store = train_setup
     params = {**training_params, "epochs": 2, "checkpoint_every": 100, "checkpoint_dir": str(tmp_path / "c")}
     _, ref_state = _run(config, split, store, TrainConfig.from_dict({**params, "checkpoint_dir": str(tmp_path / "ref")}))
@@ -111,10 +112,11 @@ def test_max_steps_inside_an_epoch_then_more_steps_continues_that_epoch(train_se
     assert per_epoch >= 3
     _, first = _run(config, split, store, TrainConfig.from_dict({**params, "max_steps": per_epoch - 1}))
     assert first.epoch == 0 and first.history[-1]["partial"] == 1.0
-    _, state = _run(config, split, store, TrainConfig.from_dict(params))
+    with caplog.at_level("WARNING", logger="multimodal_doubleloop.training.loop"):
+        _, state = _run(config, split, store, TrainConfig.from_dict(params))
     assert state.step == ref_state.step
-    full = [h for h in state.history if "partial" not in h]
-    assert [h["step"] for h in full] == [h["step"] for h in ref_state.history]
+    assert [(h["epoch"], h["step"]) for h in state.history] == [(h["epoch"], h["step"]) for h in ref_state.history]
+    assert f"the checkpoint's LR schedule ran to {per_epoch - 1}" in caplog.text
 
 
 def test_settings_added_since_keep_a_configuration_s_checkpoints_at_their_defaults(training_params):

@@ -108,8 +108,8 @@ class InitialWeightsDataset(AbstractDataset[None, StartingPoint]):
 
     def _model_file(self, data: bytes, source: str) -> dict:
         """A trained-model `.pt` ({"config", "state_dict"}) or a training checkpoint
-        (`step_*.pt`: {"model": state dict, ...}; its config, and the digest of the
-        tokenizer it was trained with, in the `.json` beside it)."""
+        (`step_*.pt`: {"model": state dict, ...}; its config, the digest of the
+        tokenizer it was trained with and its heads' class names in the `.json` beside it)."""
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         if isinstance(payload, dict) and {"config", "state_dict"} <= set(payload):
             return payload
@@ -118,7 +118,8 @@ class InitialWeightsDataset(AbstractDataset[None, StartingPoint]):
                 meta = json.load(f)
             logger.info("init_from %s: a training checkpoint (step %s)", source, meta.get("step"))
             return {"config": meta["config"]["model"], "state_dict": payload["model"],
-                    "tokenizer_sha256": meta["config"].get("data", {}).get("tokenizer_sha256")}
+                    "tokenizer_sha256": meta["config"].get("data", {}).get("tokenizer_sha256"),
+                    "labels": meta.get("labels") or {}}  # none recorded (older checkpoints): heads start at init
         raise DatasetError(
             f"model.init_from={source!r} is neither a trained-model file ('config', 'state_dict') nor a "
             "training checkpoint ('model'); give trained_model[@version], a models:/ or runs:/ URI, or such a file"

@@ -227,13 +227,17 @@ def describe_start(root: str | Path, directory: Path) -> None:
     )
 
 
-def save_run(directory, run_config: dict, state: TrainState, parts: dict, keep_last: int, best: bool = False) -> None:
+def save_run(
+    directory, run_config: dict, state: TrainState, parts: dict, keep_last: int, best: bool = False,
+    labels: dict | None = None,
+) -> None:
     """Checkpoint a run at `state.step`: `parts` maps names (model, optimizer, scaler,
     adapter, tasks) to objects with a `state_dict` (or None); the RNG state and
-    `run_config` go with them."""
+    `run_config` go with them, and `labels` (class names per head) so that a run
+    starting from this checkpoint (`model.init_from=.../step_N.pt`) keeps its heads."""
     payload = {name: None if obj is None else obj.state_dict() for name, obj in parts.items()}
     payload["rng"] = _rng_state()
-    meta = {"config": run_config, "state": asdict(state)}
+    meta = {"config": run_config, "state": asdict(state), **({"labels": labels} if labels else {})}
     save_checkpoint(directory, state.step, payload, meta, keep_last, best=best)
 
 

@@ -101,6 +101,16 @@ class TrainConfig:
                 "state, and Prodigy and D-Adaptation refuse groups with different learning rates)"
             )
         self._check_freeze()
+        self._check_group_lr()
+
+    def _check_group_lr(self) -> None:
+        groups = (*COMPONENTS, "loss_weights")
+        unknown = sorted(set(self.group_lr) - set(groups))
+        if unknown:
+            raise ValueError(f"training.group_lr: unknown group(s) {unknown}; use {list(groups)}")
+        bad = {k: v for k, v in self.group_lr.items() if not (isinstance(v, int | float) and v > 0)}
+        if bad:
+            raise ValueError(f"training.group_lr: multipliers must be numbers > 0, got {bad}")
 
     def _check_freeze(self) -> None:
         unknown = sorted(set(self.freeze) - set(COMPONENTS))

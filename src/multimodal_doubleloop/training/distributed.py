@@ -65,7 +65,7 @@ def init_from_env(backend: str | None = None) -> Context:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise RuntimeError(
             "RANK/WORLD_SIZE are not set: start this entry point with torchrun, e.g. "
-            "`torchrun --nproc-per-node 2 -m multimodal_doubleloop.train`"
+            "`torchrun --standalone --nproc-per-node 2 -m multimodal_doubleloop.commands.torchrun`"
         )
     backend = backend or default_backend()
     if backend == "nccl":

@@ -33,6 +33,7 @@ from .controller import Adapter
 from .evaluate import evaluate
 from .finetune import apply_freeze
 from .optim import (
+    OWN_SCHEDULE,
     add_loss_weights,
     eval_weights,
     has_eval_mode,
@@ -41,6 +42,7 @@ from .optim import (
     set_learning_rates,
 )
 from .precision import resolve_device, resolve_precision
+from .schedule import lr_at
 from .state import NonFiniteLossError, RunningStats, TrainState
 
 logger = logging.getLogger(__name__)
@@ -110,7 +112,8 @@ class Run:
             if not self.checkpoint_dir.exists():  # the first checkpoint of this configuration
                 self.checkpoint_dir.mkdir(parents=True)
                 prune_configurations(self.cfg.checkpoint_dir, self.cfg.keep_configs, self.checkpoint_dir)
-            save_run(self.checkpoint_dir, self.run_config, state, self.parts(), self.cfg.keep_last, best)
+            save_run(self.checkpoint_dir, self.run_config, state, self.parts(), self.cfg.keep_last, best,
+                     labels=self.tasks.labels())
 
 
 @dataclass
@@ -153,6 +156,8 @@ def train(
             state.step, state.epoch, run.total_steps, cfg.epochs,
         )
     state = state or TrainState()
+    if state.step < run.total_steps:
+        _continue_schedule(run, state)
     apply_freeze(model, cfg.freeze, state.step)  # as the uninterrupted run had it at this step
     run.bar = tqdm(
         total=run.total_steps,
@@ -171,6 +176,25 @@ def train(
     if has_eval_mode(run.optimizer):  # schedule-free: the model keeps the averaged iterate
         run.optimizer.eval()
     return state
+
+
+def _continue_schedule(run: Run, state: TrainState) -> None:
+    """Before training (on): warn when a resumed run's budget changes the LR schedule it
+    was following, and drop a `partial` history row of the epoch it goes on with (its
+    full row replaces it)."""
+    if state.history and state.history[-1].get("partial") and state.history[-1]["epoch"] == state.epoch:
+        state.history.pop()
+    planned, cfg = state.planned_steps, run.cfg
+    if planned and planned != run.total_steps and cfg.optimizer not in OWN_SCHEDULE and run.ctx.is_main:
+        before = lr_at(state.step, planned, cfg.warmup_steps, cfg.min_lr_ratio)
+        after = lr_at(state.step, run.total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
+        logger.warning(
+            "Resuming at step %d with a budget of %d steps, but the checkpoint's LR schedule ran to %d: "
+            "its factor jumps from %.3g to %.3g, and the result matches neither an uninterrupted run of "
+            "%d nor of %d steps. Keep training.epochs / max_steps as they were to continue the schedule.",
+            state.step, run.total_steps, planned, before, after, planned, run.total_steps,
+        )
+    state.planned_steps = run.total_steps
 
 
 def _setup(model, train_split, val_split, images, cfg, run_config, tasks, adapter, val_images) -> Run:

@@ -24,6 +24,7 @@ class TrainState:
     epoch_loss_sum: float = 0.0
     epoch_correct: int = 0
     stopped_early_at: int = 0  # the step at which the adapter ended the run (0 = it did not)
+    planned_steps: int = 0  # the LR schedule's length (steps) the run follows; 0 = not recorded
     history: list[dict] = field(default_factory=list)  # one row per epoch
     step_log: list[dict] = field(default_factory=list)  # one row per log_every steps
     val_log: list[dict] = field(default_factory=list)  # one row per eval_every steps

@@ -22,7 +22,6 @@ def _study_run(samples, images, tokenized, model_params, training_params, tasks_
     study = {
         "base_lrs": [1e-4, 1e-2],
         "methods": ["fixed", "calibrated", "double_loop", "prodigy"],
-        "model_preset": "tiny",
         "training": {"max_steps": 4, "warmup_steps": 1, "images_per_batch": 4, "checkpoint_every": 0,
                      "resume": False, "log_every": 1, "eval_every": 2, "eval_images": 3},
         "controller": {"every": 2, "measure_every": 1, "meta_lr": 0.05, "target_update_ratio": 0.01},
@@ -178,7 +177,6 @@ def test_kedro_run_controller_study_logs_one_nested_run_per_cell(tmp_path, monke
     study = {
         "base_lrs": [1e-3, 1e-2],
         "methods": ["fixed", "hypergradient", "double_loop"],
-        "model_preset": "tiny",
         "training": {"max_steps": 4, "warmup_steps": 1, "images_per_batch": 4, "eval_every": 2, "eval_images": 4},
         "controller": {"every": 2, "measure_every": 1},
         "test_images": 4,

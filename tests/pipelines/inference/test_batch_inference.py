@@ -10,6 +10,7 @@ from conftest import run_pipeline
 from kedro.io import DatasetError
 from test_inference import _model, _predict, _test_requests
 
+from multimodal_doubleloop.data.requests import RequestError
 from multimodal_doubleloop.io import ParquetBatchesDataset
 from multimodal_doubleloop.pipelines.inference import create_batch_pipeline
 from multimodal_doubleloop.pipelines.inference.nodes import InvalidRequestError
@@ -68,6 +69,13 @@ def test_batch_scoring_matches_the_served_pipeline_batch_by_batch(tmp_path, tabl
     whole = _predict(table, model, tokenized)  # the served pipeline on the whole table at once
     assert scored["answer"].tolist() == whole["answer"].tolist()
     np.testing.assert_allclose(scored["probability"], whole["probability"], rtol=1e-5, atol=1e-6)
+
+
+def test_an_empty_request_table_fails_rather_than_leave_old_predictions(tmp_path, table, tokenized, model_params):
+    model = _model(tokenized, model_params)
+    _score(tmp_path, table.head(5), model, tokenized)
+    with pytest.raises(RequestError, match="has no rows: nothing to score"):
+        _score(tmp_path, table.head(0), model, tokenized)
 
 
 def test_a_bad_row_is_named_by_its_row_in_the_whole_table(tmp_path, table, tokenized, model_params):

@@ -28,6 +28,28 @@ def test_training_pipeline_on_memory_catalog(samples, images, tokenized, model_p
     )
 
 
+def test_training_augmentation_is_part_of_the_configuration(
+    samples, images, tokenized, model_params, training_params, tasks_params
+):
+    """A rerun with augmentation turned on must not resume (or reuse) the run without it;
+    with it off, the identity is what runs had before augmentation counted."""
+    from dataclasses import asdict
+
+    from multimodal_doubleloop.data.images import AugmentConfig
+    from multimodal_doubleloop.pipelines.training.nodes import prepare_training
+    from multimodal_doubleloop.training.checkpoint import config_digest
+
+    def digest(augment):
+        args = (tokenized["encoded_texts"], images["image_ids"], tokenized["answer_vocab"], tokenized["tokenizer"])
+        return config_digest(
+            prepare_training(samples, *args, model_params, training_params, tasks_params, augment=augment).run_config
+        )
+
+    off = asdict(AugmentConfig())
+    assert digest(None) == digest(off)
+    assert digest({**off, "hflip": 0.5}) != digest(off)
+
+
 def test_the_same_texts_on_other_images_or_answers_are_another_configuration(
     samples, images, tokenized, model_params, training_params, tasks_params
 ):

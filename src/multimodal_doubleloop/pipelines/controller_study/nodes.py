@@ -87,7 +87,6 @@ def _plus_list(value, kind, key: str) -> list:
 class StudyConfig:
     base_lrs: list[float] | str | float = field(default_factory=lambda: [1e-5, 1e-4, 1e-3, 1e-2])
     methods: list[str] | str = field(default_factory=lambda: list(METHODS))
-    model_preset: str = "cpu"
     training: dict = field(default_factory=dict)  # overrides of params:training in every cell
     controller: dict = field(default_factory=dict)  # training.controller of the outer-loop rows
     test_images: int = 0  # score on the first N test images (all their questions); 0 = all
@@ -208,7 +207,8 @@ def run_controller_study(
     study = StudyConfig.from_dict(study_params)
     prepared = prepare_training(
         samples, encoded_texts, images["image_ids"], answer_vocab, tokenizer,
-        {**model_params, "preset": study.model_preset}, training_params, tasks_params, ("train", "val", "test"),
+        model_params, training_params, tasks_params, ("train", "val", "test"),
+        augment=images.get("augment"),
     )
     test_split = first_images(prepared.splits["test"], study.test_images)
     if not len(prepared.splits["train"]) or not len(test_split):

@@ -223,5 +223,10 @@ def score_requests(
         inputs = preprocess_requests(batch, served, inference_tokenizer)
         yield postprocess_predictions(predict(inputs, served), inference_tokenizer, inference_answer_vocab, top_k)
         start += len(batch)
+    if not start:
+        raise RequestError(
+            "the request table (catalog entry batch_requests) has no rows: nothing to score, and "
+            "batch_predictions still holds the previous run's predictions"
+        )
     seconds = time.perf_counter() - started
     logger.info("Scored %d requests in %.1f s (%.0f rows/s)", start, seconds, start / max(seconds, 1e-9))

@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from ...data.batching import encoded_split  # noqa: E402
+from ...data.images import AugmentConfig  # noqa: E402
 from ...data.schema import table_fingerprint  # noqa: E402
 from ...data.tokenizer import fingerprint  # noqa: E402
 from ...models import resolve_model_config  # noqa: E402
@@ -46,10 +47,12 @@ def prepare_training(
     tasks_params: dict | None,
     splits: tuple[str, ...] = ("train", "val"),
     start: StartingPoint | None = None,
+    augment: dict | None = None,
 ) -> Prepared:
     """Configs, task set, model config and encoded splits of a run (shared by the
     train node and the controller study, so both train the same thing). `start`
-    reshapes the model to the checkpoints it starts from and joins the run's identity."""
+    reshapes the model to the checkpoints it starts from and joins the run's identity,
+    as does the training augmentation (`images["augment"]`) when it is on."""
     train_cfg = TrainConfig.from_dict(training_params)
     tok = Tokenizer.from_str(tokenizer)
     tasks = TaskSet.build(
@@ -79,6 +82,8 @@ def prepare_training(
     }
     if start is not None and not start.empty:  # another starting point is another run
         run_config["init"] = dict(start.sources)
+    if augment and AugmentConfig(**augment).enabled:  # off: the identity runs had before it counted
+        run_config["data"]["augment"] = augment
     return Prepared(train_cfg, tasks, model_config, encoded, run_config)
 
 
@@ -98,7 +103,7 @@ def train_model(
     history table. `initial_weights` (the catalog's) is where the model starts from."""
     run = prepare_training(
         samples, encoded_texts, images["image_ids"], answer_vocab, tokenizer, model_params, training_params,
-        tasks_params, start=initial_weights,
+        tasks_params, start=initial_weights, augment=images.get("augment"),
     )
     weights, state, trace = fit_any(
         run.model_config, run.splits, images, run.train_cfg, run.run_config, run.tasks, initial_weights
