@@ -198,6 +198,7 @@ def test_train_run_is_named_logs_its_input_and_registers_the_champion(trained_pr
     assert run.info.run_name == "train easy_vqa tiny double_loop lr=0.001"
     (logged,) = [d.dataset for d in run.inputs.dataset_inputs]
     assert logged.name == "samples" and logged.digest and run.data.tags["data_source"] == "easy_vqa"
+    assert len(run.data.tags["test_set_sha256"]) == 64  # the champion rule compares on one test set
     experiment = client.get_experiment(run.info.experiment_id)  # `mlflow ui` opens on "Training runs"
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 

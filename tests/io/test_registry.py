@@ -7,7 +7,7 @@ import mlflow
 import pytest
 
 from multimodal_doubleloop.io.hooks import run_name
-from multimodal_doubleloop.io.registry import CHAMPION, register_and_promote
+from multimodal_doubleloop.io.registry import CHAMPION, TEST_SET_TAG, register_and_promote
 
 
 class Echo(mlflow.pyfunc.PythonModel):
@@ -25,9 +25,11 @@ def client(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
-def _train_run(accuracy: float) -> str:
+def _train_run(accuracy: float, test_set: str | None = None) -> str:
     with mlflow.start_run() as run:
         mlflow.log_metric("test_accuracy", accuracy)
+        if test_set is not None:
+            mlflow.set_tag(TEST_SET_TAG, test_set)
         mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
     return run.info.run_id
 
@@ -43,6 +45,20 @@ def test_champion_moves_only_to_a_better_version(client):
     tags = client.get_model_version("mm", "2").tags
     assert tags["promoted_to_champion"] == "false" and tags["champion_before"].startswith("v1 (0.9")
     assert tags["test_accuracy"] == "0.850000"
+
+
+def test_a_version_scored_on_another_test_set_does_not_displace_the_champion(client):
+    """An ImageFolder run at 1.0 must not replace an easy-VQA champion at 0.99: the
+    figures are on other test sets. On the champion's test set the rule is as before."""
+    decisions = [
+        register_and_promote(client, run_id, f"runs:/{run_id}/model", "mm")
+        for run_id in (_train_run(0.99, "a" * 64), _train_run(1.0, "b" * 64), _train_run(0.995, "a" * 64))
+    ]
+    assert [d["promoted"] for d in decisions] == [True, False, True]
+    tags = client.get_model_version("mm", "2").tags
+    assert tags["promoted_to_champion"] == "false"
+    assert tags["champion_decision"] == f"not compared: scored on another test set ({'b' * 12}) than champion v1 ({'a' * 12})"
+    assert "champion_decision" not in client.get_model_version("mm", "3").tags
 
 
 def test_run_names_say_what_differs():

@@ -29,6 +29,9 @@ from kedro.framework.hooks import hook_impl
 from kedro_mlflow.framework.hooks import MlflowHook
 from kedro_mlflow.framework.hooks.utils import _assert_mlflow_enabled
 
+from ..data.schema import table_fingerprint
+from .registry import TEST_SET_TAG
+
 logger = logging.getLogger(__name__)
 
 
@@ -246,6 +249,7 @@ class MlflowRunHooks:
             return
         mlflow.log_input(mlflow.data.from_pandas(data, name="samples"), context="training")
         mlflow.set_tag("data_source", ", ".join(sorted(set(data["source"]))))
+        mlflow.set_tag(TEST_SET_TAG, table_fingerprint(data[data["split"] == "test"]))  # what test_accuracy is on
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict, run_result, pipeline, catalog) -> None:

@@ -1,7 +1,9 @@
 """The MLflow model lifecycle of a `train` run: each run's model becomes a version of
 the registered model `multimodal_doubleloop`, and the alias `champion` moves to it
-only when its `test_accuracy` beats the current champion's. Either way the version is
-tagged with its figure and the decision, so `mlflow ui` shows why.
+only when its `test_accuracy` beats the current champion's on the same test set (a
+run on other data, e.g. `--env image_folder`, never displaces an easy-VQA champion
+with a figure that does not compare). Either way the version is tagged with its figure
+and the decision, so `mlflow ui` shows why.
 
 Serve the champion with `mlflow models serve -m models:/multimodal_doubleloop@champion`.
 """
@@ -18,10 +20,13 @@ logger = logging.getLogger(__name__)
 REGISTERED_MODEL = "multimodal_doubleloop"
 CHAMPION = "champion"
 METRIC = "test_accuracy"
+TEST_SET_TAG = "test_set_sha256"  # a run's test rows (set by hooks.MlflowRunHooks)
 
 
-def _accuracy(client: mlflow.MlflowClient, run_id: str) -> float | None:
-    return client.get_run(run_id).data.metrics.get(METRIC)
+def _scored(client: mlflow.MlflowClient, run_id: str) -> tuple[float | None, str | None]:
+    """A run's test accuracy and the fingerprint of the test set it was measured on."""
+    data = client.get_run(run_id).data
+    return data.metrics.get(METRIC), data.tags.get(TEST_SET_TAG)
 
 
 def register_and_promote(client: mlflow.MlflowClient, run_id: str, model_uri: str, name: str = REGISTERED_MODEL) -> dict:
@@ -29,13 +34,15 @@ def register_and_promote(client: mlflow.MlflowClient, run_id: str, model_uri: st
     champion alias to it when its test accuracy is higher than the champion's (or
     there is no champion yet). Returns what was decided."""
     version = mlflow.register_model(model_uri, name).version
-    accuracy = _accuracy(client, run_id)
+    accuracy, test_set = _scored(client, run_id)
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
-        best = _accuracy(client, champion.run_id)
+        best, champion_set = _scored(client, champion.run_id)
     except MlflowException:  # no champion yet
-        champion, best = None, None
-    promote = accuracy is not None and (best is None or accuracy > best)
+        champion, best, champion_set = None, None, None
+    # runs from before the tag (either side untagged) compare as they always did
+    comparable = not (test_set and champion_set) or test_set == champion_set
+    promote = accuracy is not None and comparable and (best is None or accuracy > best)
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version)
     tags = {
@@ -43,11 +50,23 @@ def register_and_promote(client: mlflow.MlflowClient, run_id: str, model_uri: st
         "champion_before": "none" if champion is None else f"v{champion.version} ({best})",
         "promoted_to_champion": str(promote).lower(),
     }
+    if not comparable:
+        tags["champion_decision"] = (
+            f"not compared: scored on another test set ({test_set[:12]}) than champion "
+            f"v{champion.version} ({champion_set[:12]})"
+        )
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    logger.info(
-        "Registered %s version %s (%s %s); champion %s",
-        name, version, METRIC, accuracy,
-        f"moved to v{version}" if promote else f"stays v{champion.version} ({METRIC} {best})",
-    )
+    if promote:
+        logger.info("Registered %s version %s (%s %s); champion moved to v%s", name, version, METRIC, accuracy, version)
+    elif comparable:
+        logger.info("Registered %s version %s (%s %s); champion stays v%s (%s %s)",
+                    name, version, METRIC, accuracy, champion.version, METRIC, best)
+    else:
+        logger.warning(
+            "Registered %s version %s (%s %s), scored on another test set than champion v%s: the champion "
+            "stays. Serve this one as models:/%s/%s, or make it the champion with "
+            "mlflow.MlflowClient().set_registered_model_alias(%r, %r, %s)",
+            name, version, METRIC, accuracy, champion.version, name, version, name, CHAMPION, version,
+        )
     return {"version": int(version), "promoted": promote, METRIC: accuracy, "champion_accuracy": best}
