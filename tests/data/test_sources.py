@@ -140,6 +140,17 @@ def test_image_folder_layout(tmp_path):
     assert table["sample_id"].str.startswith("image_folder/train/").sum() == 18
 
 
+def test_an_image_folder_split_no_split_reads_is_named_in_a_warning(tmp_path, caplog):
+    """A train/val/test layout under the ImageNet default (val read as test) leaves
+    test/ unread: the log says so and how to map it."""
+    make_image_folder(tmp_path / "image_folder", {"train": 2, "val": 1, "test": 1})
+    cfg = IngestionConfig.from_dict({"val_fraction": 0.0})
+    with caplog.at_level("WARNING", logger="multimodal_doubleloop.data.sources.image_folder"):
+        table, _ = image_folder.read(*load_raw("image_folder", tmp_path), cfg)
+    assert not table["image_path"].str.startswith("test/").any()
+    assert "['test'] under" in caplog.text and "ingestion.image_folder.splits.test=test" in caplog.text
+
+
 def test_missing_layout_is_a_clear_error(tmp_path):
     cfg = IngestionConfig.from_dict({"val_fraction": 0.0})
     with pytest.raises(FileNotFoundError, match=r"no partition 'captions_train2017' .*it has \['captions_val'\]"):

@@ -56,7 +56,7 @@ def _check(root: ImageRoot, path: str, mode: str) -> tuple[str, str] | None:
             if mode == "full":
                 im.load()  # decodes every pixel: finds truncated files too
     except FileNotFoundError:
-        return "missing_image_file", "no such file"
+        return "missing_image_file", f"no such file: {root.where(path)} (paths are relative to raw_images)"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         # PIL raises OSError for truncated data, SyntaxError for some corrupt headers;
         # opening a folder raises IsADirectoryError (an OSError)

@@ -105,6 +105,14 @@ def read(annotations, images: ImageRoot, cfg) -> tuple[pd.DataFrame, pd.DataFram
         logger.info(
             "image_folder %s (%s): %d images in %d classes", folder, split, len(found), len(prompts)
         )
+    unread = [name for name in ("train", "val", "test", "validation")
+              if name not in folders.splits.values() and images.isdir(name)]
+    if unread:
+        logger.warning(
+            "image_folder: folder(s) %s under %s are read as no split (ingestion.image_folder.splits: %s); "
+            "to read one, map it, e.g. --params ingestion.image_folder.splits.test=test",
+            unread, images.url, folders.splits,
+        )
     table = pd.concat(frames, ignore_index=True)
     if "val" not in folders.splits:
         hold_out_val_images(table, cfg.val_fraction, cfg.seed)

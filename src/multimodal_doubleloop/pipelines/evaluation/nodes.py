@@ -15,6 +15,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix  
 
 from ...data.batching import encoded_split  # noqa: E402
 from ...data.images import image_store  # noqa: E402
+from ...data.splits import require_test_rows  # noqa: E402
 from ...models.serving import load_trained_model  # noqa: E402
 from ...tasks import (  # noqa: E402
     TaskContext,
@@ -52,9 +53,8 @@ def evaluate_model(
     context = TaskContext(answer_vocab, special_ids(tok), cfg.label_smoothing, trained_model.get("labels"))
     tasks = TaskSet.build(TasksConfig.from_dict(tasks_params), samples, context)
     model = load_trained_model(trained_model).to(resolve_device(cfg.device))
+    require_test_rows(samples, "to evaluate on")
     split = encoded_split(samples, encoded_texts, images["image_ids"], answer_vocab, "test")
-    if not len(split):
-        raise ValueError("the sample table has no 'test' rows to evaluate on")
     tasks.attach_targets(split, samples, "test")
     result = evaluate(model, split, image_store(images), cfg, tasks)
     context = evaluation_context(model, tok, encoded_texts["input_ids"].shape[1], images["image_ids"])

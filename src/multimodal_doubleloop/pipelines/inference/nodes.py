@@ -29,6 +29,7 @@ from ...data.requests import (
     encode_image,
     request_table,
 )
+from ...data.splits import require_test_rows
 from ...data.tokenizer import encode
 from ...models import ModelConfig
 from ...models.serving import ServingModel
@@ -89,9 +90,8 @@ def make_example_requests(samples: pd.DataFrame, raw_images: ImageRoot, params: 
     """The first `example_requests` test questions as a request table (base64 images
     read from `raw_images`): what the MLflow signature is inferred from and what
     `--pipeline inference` scores."""
+    require_test_rows(samples, "to make example requests from")
     test = samples[samples["split"] == "test"].head(params["example_requests"])
-    if test.empty:
-        raise ValueError("the sample table has no 'test' rows to make example requests from")
     images, root = [], images_of(test, raw_images)
     for path in test["image_path"]:
         with root.open(path) as f:
