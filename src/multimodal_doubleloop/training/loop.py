@@ -156,8 +156,8 @@ def train(
             state.step, state.epoch, run.total_steps, cfg.epochs,
         )
     state = state or TrainState()
-    if state.step < run.total_steps:
-        _continue_schedule(run, state)
+    if state.step < run.total_steps and state.epoch < cfg.epochs and not state.stopped_early_at:
+        _continue_schedule(run, state)  # it trains on
     apply_freeze(model, cfg.freeze, state.step)  # as the uninterrupted run had it at this step
     run.bar = tqdm(
         total=run.total_steps,
