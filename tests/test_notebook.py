@@ -25,5 +25,5 @@ def test_explore_run_notebook_executes(trained_project, monkeypatch):
     assert "predicted_answer" in html and "predicted_top_answers" in html  # predictions on test images
     assert len(figures) >= 3  # sample images, predictions on test images, training curves
     assert f"runs:/{trained_project.run_id}/model" in text
-    assert "no controller trace" in text or "controller/lr_scale" in html  # the trace table (the default runs the double loop)
+    assert "no controller trace" in text or "controller/lr_scale" in html  # the trace table (the default runs the calibrated outer loop)
     assert not (notebooks / "mlflow.db").exists()  # the notebook used the project's MLflow store

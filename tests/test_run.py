@@ -74,7 +74,7 @@ def test_train_pipeline_end_to_end(project):
     model = torch.load(next((project / "data/06_models/model.pt").glob("*/model.pt")), weights_only=True)
     assert params["model.parameters"] == str(sum(t.numel() for t in model["state_dict"].values()))
     assert params["model.heads.answer.num_outputs"] == str(len(model["labels"]["answer"]))
-    assert params["tasks.active"] == "answer+attributes" and params["training.controller.method"] == "double_loop"
+    assert params["tasks.active"] == "answer+attributes" and params["training.controller.method"] == "calibrated"
 
     # a second run at another LR differs from the first in exactly that param
     run_kedro(project, "train", "--params", "training.lr=0.002")

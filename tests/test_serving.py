@@ -195,7 +195,7 @@ def test_train_run_is_named_logs_its_input_and_registers_the_champion(trained_pr
     assert champion.run_id == trained_project.run_id and int(champion.version) == 1
     assert champion.tags["promoted_to_champion"] == "true"
     run = client.get_run(trained_project.run_id)
-    assert run.info.run_name == "train easy_vqa tiny double_loop lr=0.001"
+    assert run.info.run_name == "train easy_vqa tiny calibrated lr=0.001"
     (logged,) = [d.dataset for d in run.inputs.dataset_inputs]
     assert logged.name == "samples" and logged.digest and run.data.tags["data_source"] == "easy_vqa"
     assert len(run.data.tags["test_set_sha256"]) == 64  # the champion rule compares on one test set
