@@ -148,7 +148,12 @@ def test_an_image_folder_split_no_split_reads_is_named_in_a_warning(tmp_path, ca
     with caplog.at_level("WARNING", logger="multimodal_doubleloop.data.sources.image_folder"):
         table, _ = image_folder.read(*load_raw("image_folder", tmp_path), cfg)
     assert not table["image_path"].str.startswith("test/").any()
-    assert "['test'] under" in caplog.text and "ingestion.image_folder.splits.test=test" in caplog.text
+    assert "['test'] under" in caplog.text and "--params ingestion.image_folder.splits.test=test" in caplog.text
+    caplog.clear()  # with test/ mapped, the unread folder is val/, and the hint maps it as val
+    cfg = IngestionConfig.from_dict({"val_fraction": 0.0, "image_folder": {"splits": {"train": "train", "test": "test"}}})
+    with caplog.at_level("WARNING", logger="multimodal_doubleloop.data.sources.image_folder"):
+        image_folder.read(*load_raw("image_folder", tmp_path), cfg)
+    assert "['val'] under" in caplog.text and "--params ingestion.image_folder.splits.val=val" in caplog.text
 
 
 def test_missing_layout_is_a_clear_error(tmp_path):

@@ -25,11 +25,14 @@ def client(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
-def _train_run(accuracy: float, test_set: str | None = None) -> str:
+def _train_run(accuracy: float | None, test_set: str | None = None, source: str | None = None) -> str:
     with mlflow.start_run() as run:
-        mlflow.log_metric("test_accuracy", accuracy)
+        if accuracy is not None:
+            mlflow.log_metric("test_accuracy", accuracy)
         if test_set is not None:
             mlflow.set_tag(TEST_SET_TAG, test_set)
+        if source is not None:
+            mlflow.set_tag("data_source", source)
         mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
     return run.info.run_id
 
@@ -59,6 +62,20 @@ def test_a_version_scored_on_another_test_set_does_not_displace_the_champion(cli
     assert tags["promoted_to_champion"] == "false"
     assert tags["champion_decision"] == f"not compared: scored on another test set ({'b' * 12}) than champion v1 ({'a' * 12})"
     assert "champion_decision" not in client.get_model_version("mm", "3").tags
+
+
+def test_a_champion_from_before_the_test_set_tag_is_compared_by_source(client):
+    """An existing store's champion has no test-set tag: a run on other data still must
+    not displace it, and a run on the same source compares as before."""
+    runs = [_train_run(0.99, None, "easy_vqa"), _train_run(1.0, "b" * 64, "image_folder"),
+            _train_run(0.995, "a" * 64, "easy_vqa")]
+    assert [register_and_promote(client, r, f"runs:/{r}/model", "mm")["promoted"] for r in runs] == [True, False, True]
+    assert "source easy_vqa" in client.get_model_version("mm", "2").tags["champion_decision"]
+
+
+def test_a_first_version_without_test_accuracy_is_registered_not_champion(client):
+    run_id = _train_run(None)
+    assert register_and_promote(client, run_id, f"runs:/{run_id}/model", "mm")["promoted"] is False
 
 
 def test_run_names_say_what_differs():

@@ -30,6 +30,7 @@ from kedro_mlflow.framework.hooks import MlflowHook
 from kedro_mlflow.framework.hooks.utils import _assert_mlflow_enabled
 
 from ..data.schema import table_fingerprint
+from ..data.splits import require_test_rows
 from .registry import TEST_SET_TAG
 
 logger = logging.getLogger(__name__)
@@ -177,7 +178,11 @@ def resolved_params(trained_model: dict, training_params: dict, tasks_params: di
 class ParameterCheckHooks:
     """Build every stage's config from the parameters (`--params` included) as soon as
     the Kedro context exists: a wrong key or value fails in seconds, naming the key,
-    before the first node runs."""
+    before the first node runs. A run that evaluates (`train`, `fit`) also stops right
+    after ingestion when the data has no test split, not after training."""
+
+    def __init__(self):
+        self._evaluates = False
 
     @hook_impl
     def after_context_created(self, context) -> None:
@@ -186,6 +191,15 @@ class ParameterCheckHooks:
         check_parameters(context.params)
         if "model" in context.params:
             check_starting_point(context.params["model"], context.config_loader["catalog"].get("initial_weights"))
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict, pipeline, catalog) -> None:
+        self._evaluates = any(n.name.rsplit(".", 1)[-1] == "evaluate_model" for n in pipeline.nodes)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data, node) -> None:
+        if dataset_name == "samples" and self._evaluates:
+            require_test_rows(data, "for this run's evaluation, which comes after training")
 
 
 def run_name(pipeline: str, params: dict) -> str:

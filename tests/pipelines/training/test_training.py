@@ -1,4 +1,3 @@
-import pytest
 import torch
 from conftest import run_pipeline, training_inputs
 
@@ -18,16 +17,6 @@ def test_train_model_learns_and_reports(samples, images, tokenized, model_params
     assert len(history) == 3 and history[-1]["train_loss"] < history[0]["train_loss"]
     assert [p["step"] for p in curves["val_accuracy"]] == [0, 1, 2]
     assert all(torch.isfinite(v).all() for v in trained["state_dict"].values())
-
-
-def test_data_without_test_rows_fails_before_training(
-    samples, images, tokenized, model_params, training_params, tasks_params
-):
-    """Not after training, in evaluation: the error names the source and what to set."""
-    no_test = samples[samples["split"] != "test"]
-    inputs = _inputs(no_test, images, tokenized, model_params, training_params, tasks_params)
-    with pytest.raises(ValueError, match=r"no 'test' rows \(training would run.*source easy_vqa.*ingestion.<source>.splits"):
-        train_model(*[inputs[k] for k in inputs])
 
 
 def test_training_pipeline_on_memory_catalog(samples, images, tokenized, model_params, training_params, tasks_params):

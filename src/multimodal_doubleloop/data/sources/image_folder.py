@@ -105,13 +105,14 @@ def read(annotations, images: ImageRoot, cfg) -> tuple[pd.DataFrame, pd.DataFram
         logger.info(
             "image_folder %s (%s): %d images in %d classes", folder, split, len(found), len(prompts)
         )
-    unread = [name for name in ("train", "val", "test", "validation")
-              if name not in folders.splits.values() and images.isdir(name)]
+    unread = {name: "test" if name == "test" else "val" for name in ("val", "validation", "test")
+              if name not in folders.splits.values() and images.isdir(name)}
     if unread:
         logger.warning(
             "image_folder: folder(s) %s under %s are read as no split (ingestion.image_folder.splits: %s); "
-            "to read one, map it, e.g. --params ingestion.image_folder.splits.test=test",
-            unread, images.url, folders.splits,
+            "to read them, map them: --params %s",
+            list(unread), images.url, folders.splits,
+            ",".join(f"ingestion.image_folder.splits.{split}={name}" for name, split in unread.items()),
         )
     table = pd.concat(frames, ignore_index=True)
     if "val" not in folders.splits:

@@ -15,7 +15,6 @@ from tokenizers import Tokenizer  # noqa: E402
 from ...data.batching import encoded_split  # noqa: E402
 from ...data.images import AugmentConfig  # noqa: E402
 from ...data.schema import table_fingerprint  # noqa: E402
-from ...data.splits import require_test_rows  # noqa: E402
 from ...data.tokenizer import fingerprint  # noqa: E402
 from ...models import resolve_model_config  # noqa: E402
 from ...models.starting_point import StartingPoint  # noqa: E402
@@ -101,9 +100,7 @@ def train_model(
 ) -> tuple[dict, dict, list[dict]]:
     """Returns the trained model (config + weights), MLflow metric histories (with
     the controller's decisions as `controller/...` when it is on) and the per-epoch
-    history table. `initial_weights` (the catalog's) is where the model starts from.
-    Data without test rows fails here, not after training, in evaluation."""
-    require_test_rows(samples, "(training would run, then evaluation fail)")
+    history table. `initial_weights` (the catalog's) is where the model starts from."""
     run = prepare_training(
         samples, encoded_texts, images["image_ids"], answer_vocab, tokenizer, model_params, training_params,
         tasks_params, start=initial_weights, augment=images.get("augment"),

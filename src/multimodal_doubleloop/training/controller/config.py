@@ -89,6 +89,13 @@ class ControllerConfig:
                 "training.controller: out-of-range value(s) "
                 + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
             )
+        meta_only = [k for k in ("meta_images", "early_stop_patience") if getattr(self, k)]
+        if meta_only and self.method != "double_loop":
+            raise ValueError(
+                f"training.controller: {', '.join(f'{k}={getattr(self, k)}' for k in meta_only)} belong(s) to "
+                f"double_loop's meta head and do nothing with method={self.method!r}: set "
+                "training.controller.method=double_loop as well, or leave them at 0"
+            )
 
     @classmethod
     def from_dict(cls, params: dict) -> ControllerConfig:
