@@ -19,6 +19,23 @@ def test_train_model_learns_and_reports(samples, images, tokenized, model_params
     assert all(torch.isfinite(v).all() for v in trained["state_dict"].values())
 
 
+def test_the_run_s_checkpoints_record_its_heads_and_augmentation(
+    samples, images, tokenized, model_params, training_params, tasks_params
+):
+    """What `model.init_from=<checkpoint>` needs to hand on heads (their class names),
+    and augmentation as part of the run's identity, as the train node writes them."""
+    import json
+    from pathlib import Path
+
+    augmented = {**images, "augment": {**images["augment"], "hflip": 0.5}}
+    inputs = _inputs(samples, augmented, tokenized, model_params, training_params, tasks_params)
+    trained, _, _ = train_model(*[inputs[k] for k in inputs])
+    (meta_file, *_) = sorted(Path(training_params["checkpoint_dir"]).glob("*/step_*.json"))
+    meta = json.loads(meta_file.read_text())
+    assert meta["labels"] == trained["labels"] and meta["labels"]["answer"] == list(tokenized["answer_vocab"])
+    assert meta["config"]["data"]["augment"]["hflip"] == 0.5
+
+
 def test_training_pipeline_on_memory_catalog(samples, images, tokenized, model_params, training_params, tasks_params):
     catalog = run_pipeline(
         create_pipeline(), _inputs(samples, images, tokenized, model_params, training_params, tasks_params)
