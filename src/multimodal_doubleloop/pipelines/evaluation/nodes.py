@@ -48,12 +48,12 @@ def evaluate_model(
     caption samples. Metric keys: `test_<task>_<metric>` for every task, plus
     `test_loss` and `test_accuracy` (the primary task's); see `tasks.evaluation`. Class
     names come from the trained model (`trained_model["labels"]`), as in serving."""
+    require_test_rows(samples, "to evaluate on")  # before building the model
     cfg = TrainConfig.from_dict(training_params)
     tok = Tokenizer.from_str(tokenizer)
     context = TaskContext(answer_vocab, special_ids(tok), cfg.label_smoothing, trained_model.get("labels"))
     tasks = TaskSet.build(TasksConfig.from_dict(tasks_params), samples, context)
     model = load_trained_model(trained_model).to(resolve_device(cfg.device))
-    require_test_rows(samples, "to evaluate on")
     split = encoded_split(samples, encoded_texts, images["image_ids"], answer_vocab, "test")
     tasks.attach_targets(split, samples, "test")
     result = evaluate(model, split, image_store(images), cfg, tasks)
