@@ -102,7 +102,9 @@ def test_study_verdict_pairs_seeds():
         for method, lr, acc, steps in [
             ("fixed", 1e-4, 0.80, 400), ("fixed", 1e-3, 0.96, 200), ("double_loop", 1e-4, 0.955, 280),
             ("double_loop", 1e-3, 0.97, 150), ("calibrated", 1e-4, 0.95, 300), ("calibrated", 1e-3, 0.96, 150),
-            ("prodigy", 1e-4, 0.90, 400), ("prodigy", 1e-3, 0.94, 250),
+            ("prodigy", 1e-4, 0.90, 400), ("prodigy", 1e-3, 0.94, 250), ("schedulefree", 1e-4, 0.93, 300),
+            ("schedulefree", 1e-3, 0.97, 200), ("dadapt_adam", 1e-4, 0.85, 400), ("dadapt_adam", 1e-3, 0.86, 400),
+            ("mechanic", 1e-4, 0.87, 400), ("mechanic", 1e-3, 0.88, 400),
         ]:
             rows.append({"method": method, "base_lr": lr, "seed": seed, "test_accuracy": acc + noise,
                          "steps_to_target": steps, "censored": method == "prodigy" and lr == 1e-4})
@@ -116,6 +118,27 @@ def test_study_verdict_pairs_seeds():
     assert verdict["goal"] == {"within_1_point_of_best_fixed": True, "at_least_every_peer_worst": True,
                                "time_to_target_within_1_5x": True}
     assert verdict["methods"]["prodigy"]["time_to_target_censored"]
+    assert verdict["goal_by_outer_loop"]["calibrated"]["at_least_every_peer_worst"] is True  # 0.95 >= 0.93
+    assert verdict["methods"]["schedulefree"]["cells"] == 6 and verdict["methods"]["schedulefree"]["grid_complete"]
+    # Peers part-way through their grid: the goal is decided where their cells so far already
+    # bound their worst below the loop's, and undecided (None) where they do not.
+    def without(method, lr, seed):
+        return pd.DataFrame([r for r in rows if (r["method"], r["base_lr"], r["seed"]) != (method, lr, seed)])
+
+    bounded = study_verdict(without("schedulefree", 1e-3, 2))  # 1e-4 complete: worst <= 0.93
+    assert bounded["methods"]["schedulefree"]["grid_complete"] is False
+    assert bounded["methods"]["schedulefree"]["worst_upper_bound"] == pytest.approx(0.93)
+    assert bounded["goal"]["at_least_every_peer_worst"] is True
+    open_ = study_verdict(without("schedulefree", 1e-4, 2))  # only 1e-3 complete: worst <= 0.97, above 0.955
+    assert open_["methods"]["schedulefree"]["worst_upper_bound"] == pytest.approx(0.97)
+    assert open_["goal"]["at_least_every_peer_worst"] is None
+    no_peer = study_verdict(pd.DataFrame([r for r in rows if r["method"] != "mechanic"]))
+    assert no_peer["goal"]["at_least_every_peer_worst"] is None  # a peer not run at all decides nothing
+    loop_short = study_verdict(without("double_loop", 1e-4, 2))
+    assert loop_short["goal"]["at_least_every_peer_worst"] is None  # the loop's own worst may still drop
+    beaten = study_verdict(pd.DataFrame([{**r, "test_accuracy": 0.99} if r["method"] == "mechanic" else r
+                                         for r in rows]))
+    assert beaten["goal"]["at_least_every_peer_worst"] is False
     assert verdict["double_loop_vs_calibrated"]["mean_gap"] == pytest.approx((0.005 + 0.01) / 2)
     assert verdict["lowest_cell_above_baseline"] == pytest.approx(0.80 - 0.67)
     alone = study_verdict(pd.DataFrame([r for r in rows if r["method"] != "fixed"]))
