@@ -139,6 +139,10 @@ def test_study_verdict_pairs_seeds():
     beaten = study_verdict(pd.DataFrame([{**r, "test_accuracy": 0.99} if r["method"] == "mechanic" else r
                                          for r in rows]))
     assert beaten["goal"]["at_least_every_peer_worst"] is False
+    # one peer complete and better than the loop decides False, whatever the others lack
+    beaten_early = study_verdict(pd.DataFrame([{**r, "test_accuracy": 0.99} if r["method"] == "mechanic" else r
+                                               for r in rows if (r["method"], r["seed"]) != ("prodigy", 2)]))
+    assert beaten_early["goal"]["at_least_every_peer_worst"] is False
     assert verdict["double_loop_vs_calibrated"]["mean_gap"] == pytest.approx((0.005 + 0.01) / 2)
     assert verdict["lowest_cell_above_baseline"] == pytest.approx(0.80 - 0.67)
     alone = study_verdict(pd.DataFrame([r for r in rows if r["method"] != "fixed"]))

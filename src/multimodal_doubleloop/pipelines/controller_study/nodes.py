@@ -454,15 +454,15 @@ def _or_none(value) -> float | None:
 
 
 def _at_least_every_peer_worst(loop: dict, methods: dict) -> bool | None:
-    """True/False once it is decided, None while it is not. With the outer loop's grid
-    complete, a peer's worst is at most its worst_upper_bound whatever its missing cells
-    score, so "at least every peer's worst" is already True when the loop's worst reaches
-    every peer's bound. False needs every peer's grid complete."""
+    """True/False once the cells decide it, None while they do not. With the outer loop's
+    grid complete, a peer's worst is at most its worst_upper_bound whatever its missing
+    cells score: "at least every peer's worst" is True once the loop's worst reaches every
+    peer's bound, and False once one peer with its grid complete has a better worst."""
     if not loop["grid_complete"] or not all(p in methods for p in PEERS):
         return None
     peers = [methods[p] for p in PEERS]
-    if all(p["grid_complete"] for p in peers):
-        return bool(loop["worst_test_accuracy"] >= max(p["worst_test_accuracy"] for p in peers))
+    if any(p["grid_complete"] and p["worst_test_accuracy"] > loop["worst_test_accuracy"] for p in peers):
+        return False
     bounds = [p["worst_upper_bound"] for p in peers]
     if None not in bounds and loop["worst_test_accuracy"] >= max(bounds):
         return True
