@@ -431,8 +431,8 @@ def study_verdict(runs: pd.DataFrame, baseline: dict | None = None, tolerance: f
             # an LR that every seed has run bounds the worst from above
             "worst_upper_bound": _or_none(means[method][seeds_run[method] == grid[1]].min()),
         }
-    verdict["goal"] = _goal(verdict["methods"])
     verdict["goal_by_outer_loop"] = {m: _goal(verdict["methods"], m) for m in OUTER_LOOPS if m in verdict["methods"]}
+    verdict["goal"] = verdict["goal_by_outer_loop"].get("double_loop")
     if {"double_loop", "calibrated"} <= set(verdict["methods"]):
         per_lr = {f"{lr:g}": _paired(runs, ("double_loop", lr), ("calibrated", lr))
                   for lr in sorted(set(runs.loc[runs["method"] == "double_loop", "base_lr"]))}
@@ -469,12 +469,10 @@ def _at_least_every_peer_worst(loop: dict, methods: dict) -> bool | None:
     return None
 
 
-def _goal(methods: dict, method: str = "double_loop") -> dict | None:
-    """The issue's three goals for an outer loop (the double loop by default), each
-    True/False (None: not run, or not decided by the cells so far)."""
-    loop = methods.get(method)
-    if loop is None:
-        return None
+def _goal(methods: dict, method: str) -> dict:
+    """The issue's three goals for one outer loop, each True/False (None: not decided by
+    the cells so far)."""
+    loop = methods[method]
     return {
         "within_1_point_of_best_fixed": loop["within_tolerance"],
         "at_least_every_peer_worst": _at_least_every_peer_worst(loop, methods),
