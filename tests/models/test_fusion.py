@@ -116,3 +116,54 @@ def test_fusion_unpad_setting_is_checked():
     with pytest.raises(ValueError, match="fusion.unpad"):
         FusionConfig(unpad="sometimes")
     assert FusionConfig(unpad=True).unpad == "on"
+
+
+@pytest.mark.parametrize("unpad", ["on", "off"])
+@pytest.mark.parametrize("kind", ["early", "hybrid"])
+def test_pooled_only_fusion_matches_the_full_last_layer(kind, unpad):
+    """Without a reader of the fused tokens, the last layer runs for [CLS] alone
+    (`Block.forward_first`): the same pooled features, logits and gradients."""
+    batch = tiny_batch(images=3, texts=7)
+    config = tiny_config(kind)
+    config["fusion"]["unpad"] = unpad
+    results = {}
+    for tokens in (True, False):
+        model = build(config).eval()
+        feats = model.features(**batch, fused_tokens=tokens)
+        logits = model.heads["answer"](feats)
+        logits.square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[tokens] = (feats, logits.detach(), grads)
+    full, full_logits, full_grads = results[True]
+    first, first_logits, first_grads = results[False]
+    assert first.tokens is None and full.tokens is not None
+    torch.testing.assert_close(first.pooled, full.pooled)
+    torch.testing.assert_close(first_logits, full_logits)
+    assert first_grads.keys() == full_grads.keys()
+    for name in full_grads:
+        torch.testing.assert_close(first_grads[name], full_grads[name], msg=name)
+
+
+def test_the_model_computes_fused_tokens_only_for_a_head_that_reads_them():
+    batch = tiny_batch(images=3, texts=5)
+    captioner = tiny_model(heads={"answer": {"type": "classification", "num_outputs": 5},
+                                  "caption": {"type": "caption", "num_outputs": 40}})
+    assert captioner.reads_fused_tokens() and not captioner.reads_fused_tokens(["answer"])
+    assert not tiny_model().reads_fused_tokens()
+    pooled_only = tiny_model().eval()
+    torch.testing.assert_close(
+        pooled_only(**batch)["answer"], pooled_only.heads["answer"](pooled_only.features(**batch))
+    )
+    captions = captioner(**batch, caption_ids=torch.full((5, 4), 5))["caption"]  # fused tokens read
+    assert captions.shape[:2] == (5, 4)
+
+
+def test_pooled_only_fusion_with_padding_first_falls_back_to_the_full_layer():
+    """A sequence whose first position is padding has no [CLS] row to keep: the full
+    last layer runs, and `tokens` comes back."""
+    batch = tiny_batch(images=3, texts=5)
+    batch["attention_mask"][0, 0] = 0
+    config = tiny_config()
+    config["fusion"]["unpad"] = "on"
+    feats = build(config).eval().features(**batch, fused_tokens=False)
+    assert feats.tokens is not None

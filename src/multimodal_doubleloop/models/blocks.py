@@ -40,6 +40,13 @@ class Packing:
         """(N,) the batch row of each real token."""
         return torch.div(self.index, self.length, rounding_mode="floor")
 
+    def firsts(self) -> torch.Tensor:
+        """(B,) the packed row of each sequence's first token ([CLS]), which must be real."""
+        firsts = (self.index % self.length == 0).nonzero().squeeze(1)
+        if len(firsts) != self.batch:
+            raise ValueError("a sequence's first token is padding: its [CLS] has no packed row")
+        return firsts
+
 
 def unpad_setting(value: str | bool, path: str) -> str:
     """A validated `unpad` setting: auto | on | off (YAML reads a bare on/off as a boolean)."""
@@ -137,6 +144,17 @@ class Attention(nn.Module):
             return self.proj(packing.pack(self._self_attention(packing.unpack(self.qkv(x)), mask, causal)))
         return self.proj(self._self_attention(self.qkv(x), mask, causal))
 
+    def forward_first(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, packing: Packing | None = None
+    ) -> torch.Tensor:
+        """Self-attention at each sequence's first position only -> (B, 1, D): the
+        [CLS] query against the keys and values of every token."""
+        qkv = self.qkv(x)
+        if packing is not None:
+            qkv = packing.unpack(qkv)
+        q, k, v = qkv.chunk(3, dim=-1)
+        return self.proj(self._attend(q[:, :1], k, v, mask, False))
+
     def _self_attention(self, qkv: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
         q, k, v = qkv.chunk(3, dim=-1)
         return self._attend(q, k, v, mask, causal)
@@ -232,6 +250,35 @@ class Block(nn.Module):
             )
         return self._residual(x, self.norm2, self.mlp)
 
+    def forward_first(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+        memory_index: torch.Tensor | None = None,
+        packing: Packing | None = None,
+        grouping: Grouping | None = None,
+    ) -> torch.Tensor:
+        """The block's output at each sequence's first token ([CLS]) only -> (B, 1, D),
+        the same values `forward` gives there. A last layer whose reader takes only the
+        pooled [CLS] skips the other tokens' queries, cross-attention and MLP: keys and
+        values still come from every token. `grouping` groups the B first tokens by
+        memory row (not the packed tokens)."""
+        first = x[:, :1] if packing is None else x.index_select(0, packing.firsts()).unsqueeze(1)
+        h = x if self.post_norm else self.norm1(x)
+        y = first + self.drop(self.attn.forward_first(h, mask, packing))
+        if self.post_norm:
+            y = self.norm1(y)
+        if self.cross and memory is not None:
+            y = self._residual(
+                y,
+                self.norm_cross,
+                lambda h: self.drop(
+                    self.cross_attn(h, memory=memory, memory_index=memory_index, grouping=grouping)
+                ),
+            )
+        return self._residual(y, self.norm2, self.mlp)
+
 
 def run_blocks(
     blocks: nn.ModuleList,
@@ -241,11 +288,16 @@ def run_blocks(
 ) -> torch.Tensor:
     """Apply `blocks` in order, recomputing each in backward when checkpointing."""
     for block in blocks:
-        if grad_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(block, x, use_reentrant=False, **kwargs)
-        else:
-            x = block(x, **kwargs)
+        x = run_block(block, x, grad_checkpointing, **kwargs)
     return x
+
+
+def run_block(block, x: torch.Tensor, grad_checkpointing: bool, **kwargs) -> torch.Tensor:
+    """`block(x, **kwargs)` (a block or one of its methods), recomputed in backward
+    when checkpointing."""
+    if grad_checkpointing and torch.is_grad_enabled():
+        return checkpoint(block, x, use_reentrant=False, **kwargs)
+    return block(x, **kwargs)
 
 
 def key_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .blocks import Block, Grouping, Packing, key_padding_mask, run_blocks, unpad_setting, unpadded
+from .blocks import (
+    Block,
+    Grouping,
+    Packing,
+    key_padding_mask,
+    run_block,
+    run_blocks,
+    unpad_setting,
+    unpadded,
+)
 
 FUSION_KINDS = ("early", "late", "hybrid")
 LATE_MODES = ("concat", "product", "gated")
@@ -51,7 +60,7 @@ class Features:
     """What the heads read. Per-sample tensors have B rows, per-image ones M rows."""
 
     pooled: torch.Tensor  # (B, D) fused, per sample
-    tokens: torch.Tensor  # (B, T, D) fused sequence, per sample
+    tokens: torch.Tensor | None  # (B, T, D) fused sequence, per sample; None = not asked for
     token_mask: torch.Tensor  # (B, T) bool, True = real
     image_pooled: torch.Tensor | None = None  # (M, D)
     image_tokens: torch.Tensor | None = None  # (M, N, D)
@@ -86,7 +95,10 @@ class EarlyFusion(nn.Module):
         image: tuple[torch.Tensor, torch.Tensor] | None,
         text: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
         image_index: torch.Tensor | None,
+        tokens: bool = True,
     ) -> Features:
+        """`tokens=False`: no reader wants the fused token sequence (`Features.tokens` is
+        None), so with [CLS] pooling the last layer runs for [CLS] alone."""
         if image is None and text is None:
             raise ValueError("fusion needs at least one modality (images or input_ids)")
         image_pooled = image_tokens = text_pooled = None
@@ -104,23 +116,43 @@ class EarlyFusion(nn.Module):
             memory = torch.cat([image_pooled.unsqueeze(1), image_tokens], 1)  # (M, 1+N, D)
             memory = memory + self.modality_embed.weight[1]
         mask = key_padding_mask(text_mask)
-        if unpadded(self.unpad, x.device):
+        packed = unpadded(self.unpad, x.device)
+        # Only [CLS] is read: the last layer runs for it alone (`Block.forward_first`).
+        first_only = (
+            not tokens and self.pool == "cls" and (not packed or bool(text_mask[:, 0].all()))
+        )
+        last = len(self.blocks) - 1 if first_only else len(self.blocks)
+        if packed:
             packing = Packing(text_mask)
-            grouping = None
+            context = {"mask": mask, "memory": memory, "packing": packing}
+            grouping = first_grouping = None
             if memory is not None:
                 rows = packing.rows()  # text row of each real token -> its image row
                 grouping = Grouping(rows if image_index is None else image_index[rows], memory.shape[0])
+                if image_index is not None:  # the [CLS] rows by image
+                    first_grouping = Grouping(image_index, memory.shape[0])
             x = run_blocks(
-                self.blocks, packing.pack(x), self.grad_checkpointing,
-                mask=mask, memory=memory, packing=packing, grouping=grouping,
+                self.blocks[:last], packing.pack(x), self.grad_checkpointing, grouping=grouping, **context
             )
-            x = packing.unpack(self.norm(x))  # zeros at the padding
+            if first_only:
+                x = run_block(
+                    self.blocks[last].forward_first, x, self.grad_checkpointing,
+                    grouping=first_grouping, **context,
+                )
         else:
-            x = run_blocks(
-                self.blocks, x, self.grad_checkpointing,
-                mask=mask, memory=memory, memory_index=image_index,
+            context = {"mask": mask, "memory": memory, "memory_index": image_index}
+            x = run_blocks(self.blocks[:last], x, self.grad_checkpointing, **context)
+            if first_only:
+                x = run_block(
+                    self.blocks[last].forward_first, x, self.grad_checkpointing, **context
+                )
+        x = self.norm(x)
+        if first_only:  # x is (B, 1, D): no token sequence to hand on
+            return Features(
+                x[:, 0], None, text_mask.bool(), image_pooled, image_tokens, text_pooled, image_index
             )
-            x = self.norm(x)
+        if packed:
+            x = packing.unpack(x)  # zeros at the padding
         if self.pool == "cls":
             pooled = x[:, 0]
         else:
@@ -145,7 +177,7 @@ class LateFusion(nn.Module):
             self.gate = nn.Linear(2 * d, d)
         self.norm = nn.LayerNorm(d)
 
-    def forward(self, image, text, image_index) -> Features:
+    def forward(self, image, text, image_index, tokens: bool = True) -> Features:
         if image is None and text is None:
             raise ValueError("fusion needs at least one modality (images or input_ids)")
         image_pooled = image_tokens = text_pooled = None
@@ -195,8 +227,8 @@ class HybridFusion(nn.Module):
     def grad_checkpointing(self, enabled: bool) -> None:
         self.early.grad_checkpointing = enabled
 
-    def forward(self, image, text, image_index) -> Features:
-        features = self.early(image, text, image_index)
+    def forward(self, image, text, image_index, tokens: bool = True) -> Features:
+        features = self.early(image, text, image_index, tokens)
         if image is not None and text is not None:
             features.pooled = features.pooled + self.late(image, text, image_index).pooled
         return features

@@ -166,6 +166,7 @@ class PooledHead(nn.Module):
         else:
             self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, cfg.num_outputs))
         self.squeeze = cfg.type == "regression" and cfg.num_outputs == 1
+        self.reads_fused_tokens = False
 
     def forward(self, features: Features) -> torch.Tensor:
         if self.cfg.input == "image":
@@ -200,6 +201,7 @@ class ContrastiveHead(nn.Module):
         self.text_proj = nn.Linear(dim, cfg.num_outputs, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
         self.max_log_scale = math.log(cfg.max_logit_scale)
+        self.reads_fused_tokens = False
 
     def forward(self, features: Features) -> ContrastiveOutput:
         if features.image_pooled is None:
@@ -235,6 +237,7 @@ class CaptionHead(nn.Module):
         self.lm_head = nn.Linear(dim, cfg.num_outputs, bias=False)
         self.lm_head.weight = self.token_embed.weight  # tied input/output embeddings
         self.grad_checkpointing = False
+        self.reads_fused_tokens = cfg.input == "fused"  # the decoder cross-attends them
 
     def _memory(self, features: Features):
         """(memory, memory_mask, memory_index, rows): what the decoder cross-attends to."""
@@ -317,7 +320,7 @@ class CaptionHead(nn.Module):
             self.cfg.eos_id,
             self.cfg.pad_id,
             self._new_tokens(max_length),
-            features.tokens.device,
+            features.pooled.device,
         )
 
     @torch.no_grad()
@@ -338,7 +341,7 @@ class CaptionHead(nn.Module):
             self.cfg.eos_id,
             self.cfg.pad_id,
             self._new_tokens(max_length),
-            features.tokens.device,
+            features.pooled.device,
             length_penalty,
         )
 

@@ -77,6 +77,7 @@ class MultimodalModel(nn.Module):
         attention_mask: torch.Tensor | None = None,  # (B, T)
         token_type_ids: torch.Tensor | None = None,
         image_index: torch.Tensor | None = None,  # (B,) image row of each text
+        fused_tokens: bool = True,  # False: no reader of the fused tokens (`reads_fused_tokens`)
     ) -> Features:
         image = text = None
         if images is not None:
@@ -89,7 +90,13 @@ class MultimodalModel(nn.Module):
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
             text = (*self._encode_texts(input_ids, attention_mask, token_type_ids), attention_mask)
-        return self.fusion(image, text, image_index)
+        return self.fusion(image, text, image_index, fused_tokens)
+
+    def reads_fused_tokens(self, tasks: list[str] | None = None) -> bool:
+        """Whether any of `tasks`' heads (default: all) reads the fused token sequence;
+        when none does, `features(fused_tokens=False)` skips computing it."""
+        names = self.heads if tasks is None else tasks
+        return any(self.heads[name].reads_fused_tokens for name in names)
 
     def _encode_texts(self, input_ids, attention_mask, token_type_ids) -> tuple[torch.Tensor, torch.Tensor]:
         """The text tower's (pooled, tokens) for each row, running it once per distinct
@@ -115,13 +122,13 @@ class MultimodalModel(nn.Module):
         allow: caption heads need `caption_ids` for teacher forcing and are left out
         without them; name one in `tasks` to get the head's own error, or call its
         `.greedy()` / `.beam()` to generate)."""
-        feats = self.features(**batch)
         captions = [n for n, h in self.heads.items() if h.cfg.type == "caption"]
         if tasks is None:
             tasks = [n for n in self.heads if caption_ids is not None or n not in captions]
         unknown = [n for n in tasks if n not in self.heads]
         if unknown:
             raise ValueError(f"unknown task head(s) {unknown}; this model has {list(self.heads)}")
+        feats = self.features(**batch, fused_tokens=self.reads_fused_tokens(tasks))
         return {
             name: self.heads[name](feats, caption_ids) if name in captions else self.heads[name](feats)
             for name in tasks

@@ -100,7 +100,7 @@ class TaskSet:
         inputs = {"images": batch["images"], "image_index": batch["image_index"]}
         if any(t.needs_text(model.heads[t.name]) for t in self.tasks):
             inputs.update(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        return model.features(**inputs)
+        return model.features(**inputs, fused_tokens=model.reads_fused_tokens(self.names))
 
     def step(self, model: nn.Module, batch: dict) -> TaskLoss:
         """Named loss terms of one batch, and the primary task's count and hits."""

@@ -152,6 +152,7 @@ def predict(batch: dict, inference_model: ServingModel | dict) -> dict[str, dict
             input_ids=batch["input_ids"].to(device),
             attention_mask=batch["attention_mask"].to(device),
             image_index=index,
+            fused_tokens=model.reads_fused_tokens(),
         )
         outputs = {name: _head_output(head, features, index) for name, head in model.heads.items()}
     for name, names in served.labels.items():
