@@ -156,6 +156,8 @@ def test_the_model_computes_fused_tokens_only_for_a_head_that_reads_them():
     )
     captions = captioner(**batch, caption_ids=torch.full((5, 4), 5))["caption"]  # fused tokens read
     assert captions.shape[:2] == (5, 4)
+    with pytest.raises(ValueError, match="fused_tokens=True"):
+        captioner.heads["caption"](captioner.features(**batch, fused_tokens=False), torch.full((5, 4), 5))
 
 
 def test_pooled_only_fusion_with_padding_first_falls_back_to_the_full_layer():

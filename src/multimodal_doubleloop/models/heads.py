@@ -248,6 +248,11 @@ class CaptionHead(nn.Module):
             index = features.image_index  # (B,) or None: one caption per image
             rows = memory.shape[0] if index is None else index.shape[0]
             return memory, None, index, rows  # (M, 1+N, D)
+        if features.tokens is None:
+            raise ValueError(
+                "caption head input='fused' reads the fused tokens, which these features "
+                "left out: compute them with model.features(..., fused_tokens=True)"
+            )
         mask = key_padding_mask(features.token_mask)  # (B, 1, T)
         return features.tokens, mask, None, features.tokens.shape[0]
 
