@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--images-per-batch", type=int, default=16)
     args = parser.parse_args()
+    if args.rounds < 1 or args.steps < 1:
+        parser.error("--rounds and --steps must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
 

@@ -39,6 +39,12 @@ def test_saves_what_kedro_mlflow_saves_and_loads_it_back(tracking):
     assert runs["ours"]["val_accuracy"] == {"step": 7, "value": 0.99}
 
 
+def test_a_repeated_point_is_kept_as_kedro_mlflow_keeps_it(tracking):
+    with mlflow.start_run() as run:
+        MlflowMetricsBatchDataset().save({"loss": [{"step": 1, "value": 1.0}] * 2})
+    assert len(tracking.get_metric_history(run.info.run_id, "loss")) == 2
+
+
 def test_prefix_and_explicit_run_id(tracking):
     run = tracking.create_run(tracking.create_experiment("metrics"))
     MlflowMetricsBatchDataset(run_id=run.info.run_id, prefix="curves").save(curves(3))

@@ -160,6 +160,18 @@ def test_the_model_computes_fused_tokens_only_for_a_head_that_reads_them():
         captioner.heads["caption"](captioner.features(**batch, fused_tokens=False), torch.full((5, 4), 5))
 
 
+@pytest.mark.parametrize("unpad", ["on", "off"])
+def test_pooled_only_fusion_without_layers(unpad):
+    """fusion.depth 0: no last layer to narrow; [CLS] is the normed text token."""
+    config = tiny_config()
+    config["fusion"].update(depth=0, unpad=unpad)
+    model = build(config).eval()
+    batch = tiny_batch()
+    torch.testing.assert_close(
+        model.features(**batch, fused_tokens=False).pooled, model.features(**batch).pooled
+    )
+
+
 def test_pooled_only_fusion_with_padding_first_falls_back_to_the_full_layer():
     """A sequence whose first position is padding has no [CLS] row to keep: the full
     last layer runs, and `tokens` comes back."""

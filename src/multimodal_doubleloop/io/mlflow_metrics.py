@@ -30,12 +30,14 @@ class MlflowMetricsBatchDataset(MlflowMetricsHistoryDataset):
             run_id = self.run_id
         except DatasetError:  # no run given nor active: a new one, as `mlflow.log_metric` would start
             run_id = mlflow.start_run().info.run_id
+        # One millisecond apart, as if logged one by one: MLflow merges points that agree
+        # in key, step, value and timestamp, and a history may repeat a point.
         now = get_current_time_millis()
         points = [
-            Metric(key, float(value), now, int(step))
-            for key, value, step in chain.from_iterable(
+            Metric(key, float(value), now + i, int(step))
+            for i, (key, value, step) in enumerate(chain.from_iterable(
                 self._build_args_list_from_metric_item(k, v) for k, v in data.items()
-            )
+            ))
         ]
         client = MlflowClient()
         for start in range(0, len(points), MAX_METRICS_PER_BATCH):

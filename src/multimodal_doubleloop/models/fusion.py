@@ -119,7 +119,8 @@ class EarlyFusion(nn.Module):
         packed = unpadded(self.unpad, x.device)
         # Only [CLS] is read: the last layer runs for it alone (`Block.forward_first`).
         first_only = (
-            not tokens and self.pool == "cls" and (not packed or bool(text_mask[:, 0].all()))
+            not tokens and self.pool == "cls" and len(self.blocks) > 0
+            and (not packed or bool(text_mask[:, 0].all()))
         )
         last = len(self.blocks) - 1 if first_only else len(self.blocks)
         if packed:
