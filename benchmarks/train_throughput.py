@@ -143,7 +143,8 @@ def main() -> None:
         pq_rates.append(measure(step, questions, args.warmup))
     peak = max(peaks)
     im_qps, pq_qps = statistics.median(im_rates), statistics.median(pq_rates)
-    speedup = statistics.median(i / q for i, q in zip(im_rates, pq_rates, strict=True))
+    ratios = [i / q for i, q in zip(im_rates, pq_rates, strict=True)]
+    speedup = statistics.median(ratios)
     mfu = im_qps * flops_per_question / (peak * 1e9)
     logger.info("fp32 matmul peak %.1f GFLOP/s (trials %s); model %.1f MFLOP per question (fwd+bwd, image-major)",
                 peak, [round(p) for p in peaks], flops_per_question / 1e6)
@@ -154,7 +155,7 @@ def main() -> None:
         "image_major_qps": round(im_qps, 1),
         "per_question_qps": round(pq_qps, 1),
         "speedup": round(speedup, 3),
-        "speedup_rounds": [round(i / q, 3) for i, q in zip(im_rates, pq_rates, strict=True)],
+        "speedup_rounds": [round(r, 3) for r in ratios],
         "mfu": round(mfu, 4),
         "matmul_peak_gflops": round(peak, 1),
         "matmul_peak_trials": [round(p, 1) for p in peaks],

@@ -2,7 +2,7 @@
 
 kedro-mlflow's `MlflowMetricsHistoryDataset` logs one point per `log_metric` call, one
 tracking-store transaction each: the default run's ~2,300 points (the controller's
-decisions every 16 steps, per group) took about 15 s on the sqlite store, inside the
+decisions every 16 steps, per group) took about 17 s on the sqlite store, inside the
 train node. This dataset loads the same way and saves the same points with
 `log_batch`, up to `MAX_METRICS_PER_BATCH` per call.
 """

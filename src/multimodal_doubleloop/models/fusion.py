@@ -125,28 +125,20 @@ class EarlyFusion(nn.Module):
         last = len(self.blocks) - 1 if first_only else len(self.blocks)
         if packed:
             packing = Packing(text_mask)
-            context = {"mask": mask, "memory": memory, "packing": packing}
-            grouping = first_grouping = None
+            x = packing.pack(x)
+            context = {"mask": mask, "memory": memory, "packing": packing, "grouping": None}
+            first_context = dict(context)
             if memory is not None:
                 rows = packing.rows()  # text row of each real token -> its image row
-                grouping = Grouping(rows if image_index is None else image_index[rows], memory.shape[0])
-                if image_index is not None:  # the [CLS] rows by image
-                    first_grouping = Grouping(image_index, memory.shape[0])
-            x = run_blocks(
-                self.blocks[:last], packing.pack(x), self.grad_checkpointing, grouping=grouping, **context
-            )
-            if first_only:
-                x = run_block(
-                    self.blocks[last].forward_first, x, self.grad_checkpointing,
-                    grouping=first_grouping, **context,
-                )
+                groups = rows if image_index is None else image_index[rows]
+                context["grouping"] = Grouping(groups, memory.shape[0])
+                if first_only and image_index is not None:  # the [CLS] rows by image
+                    first_context["grouping"] = Grouping(image_index, memory.shape[0])
         else:
-            context = {"mask": mask, "memory": memory, "memory_index": image_index}
-            x = run_blocks(self.blocks[:last], x, self.grad_checkpointing, **context)
-            if first_only:
-                x = run_block(
-                    self.blocks[last].forward_first, x, self.grad_checkpointing, **context
-                )
+            context = first_context = {"mask": mask, "memory": memory, "memory_index": image_index}
+        x = run_blocks(self.blocks[:last], x, self.grad_checkpointing, **context)
+        if first_only:
+            x = run_block(self.blocks[last].forward_first, x, self.grad_checkpointing, **first_context)
         x = self.norm(x)
         if first_only:  # x is (B, 1, D): no token sequence to hand on
             return Features(
