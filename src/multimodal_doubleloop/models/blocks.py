@@ -224,6 +224,18 @@ class Block(nn.Module):
             return norm(x + sublayer(x))
         return x + sublayer(norm(x))
 
+    def _cross(self, x, memory, memory_mask, memory_index, grouping) -> torch.Tensor:
+        """The cross-attention sub-layer (residual); `x` unchanged without memory."""
+        if not self.cross or memory is None:
+            return x
+        return self._residual(
+            x,
+            self.norm_cross,
+            lambda h: self.drop(
+                self.cross_attn(h, mask=memory_mask, memory=memory, memory_index=memory_index, grouping=grouping)
+            ),
+        )
+
     def forward(
         self,
         x: torch.Tensor,
@@ -238,16 +250,7 @@ class Block(nn.Module):
         x = self._residual(
             x, self.norm1, lambda h: self.drop(self.attn(h, mask=mask, causal=causal, packing=packing))
         )
-        if self.cross and memory is not None:
-            x = self._residual(
-                x,
-                self.norm_cross,
-                lambda h: self.drop(
-                    self.cross_attn(
-                        h, mask=memory_mask, memory=memory, memory_index=memory_index, grouping=grouping
-                    )
-                ),
-            )
+        x = self._cross(x, memory, memory_mask, memory_index, grouping)
         return self._residual(x, self.norm2, self.mlp)
 
     def forward_first(
@@ -269,14 +272,7 @@ class Block(nn.Module):
         y = first + self.drop(self.attn.forward_first(h, mask, packing))
         if self.post_norm:
             y = self.norm1(y)
-        if self.cross and memory is not None:
-            y = self._residual(
-                y,
-                self.norm_cross,
-                lambda h: self.drop(
-                    self.cross_attn(h, memory=memory, memory_index=memory_index, grouping=grouping)
-                ),
-            )
+        y = self._cross(y, memory, None, memory_index, grouping)
         return self._residual(y, self.norm2, self.mlp)
 
 
